@@ -1,0 +1,19 @@
+# The two entry points of the README. Each one first makes sure .venv exists (see
+# scripts/setup_env.sh; a no-op once installed), then does its job.
+PY := .venv/bin/python
+
+.PHONY: env demo test bench
+env:
+	@bash scripts/setup_env.sh
+
+# Main job: train an SN Mask R-CNN on the embedded synthetic data on the CPU, then evaluate it.
+demo: env
+	$(PY) tools/demo.py $(ARGS)
+
+# The whole test suite.
+test: env
+	$(PY) -m pytest tests $(ARGS)
+
+# Layer and model benchmarks (minutes); writes benchmarks/latest.md.
+bench: env
+	$(PY) tools/benchmark_sn.py $(ARGS)
