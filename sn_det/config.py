@@ -1,0 +1,25 @@
+"""sn_det's config keys. Call :func:`add_sn_config` on a detectron2 config before merging a
+file that uses them (``tools/train_net.py`` does)."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_sn_config(cfg: CN) -> CN:
+    """Add ``MODEL.SN.*`` (the layer settings of every norm named "SN") to ``cfg`` in place."""
+    _C = cfg
+    _C.MODEL.SN = CN()
+    # Added to the mixed variance before the square root.
+    _C.MODEL.SN.EPS = 1e-5
+    # Weight of the OLD running value in the moving average (the SN papers' convention;
+    # PyTorch BatchNorm's momentum=0.1 corresponds to 0.9 here). Detection code used 0.997.
+    _C.MODEL.SN.MOMENTUM = 0.997
+    # True: running statistics are a moving average. False: batch-average mode, where training
+    # forwards accumulate sums that a separate pass turns into pooled statistics.
+    _C.MODEL.SN.USING_MOVING_AVERAGE = True
+    # Mix IN, LN and BN (True) or IN and LN only (False: the "(8,1)" setting, one image per
+    # GPU, where the BN term would equal IN in training). False models have no running stats.
+    _C.MODEL.SN.USING_BN = True
+    # Zero-initialise the weight (gamma) of the last SN of every residual branch in the
+    # backbone and the C4 res5 head, so each block starts as the identity.
+    _C.MODEL.SN.LAST_GAMMA = False
+    return cfg

@@ -1,0 +1,310 @@
+"""SwitchNorm2d against the plain float64 reference in sn_reference.py, plus every edge case
+named in SN_FACTS.md (empty batch, 1x1 maps, half precision, frozen, batch-average mode)."""
+
+import itertools
+
+import pytest
+import torch
+
+from sn_det.layers import SwitchNorm2d
+from sn_reference import reference_switch_norm
+
+RTOL = 1e-9
+
+
+def assert_close(actual, expected, rtol=RTOL, what=""):
+    """Relative error measured against the largest magnitude, so tiny entries don't dominate."""
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    scale = expected.abs().max().clamp_min(1e-12)
+    err = ((actual - expected).abs().max() / scale).item()
+    assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}"
+
+
+def make_layer(c, using_bn=True, moving=True, last_gamma=False, seed=0):
+    """A float64 layer with random (non-default) parameters and running statistics, so every
+    term of the mix and every gradient path carries weight."""
+    g = torch.Generator().manual_seed(seed)
+    m = SwitchNorm2d(c, using_bn=using_bn, using_moving_average=moving, last_gamma=last_gamma)
+    m = m.double()
+    with torch.no_grad():
+        if not last_gamma:
+            m.weight.copy_(torch.rand(c, generator=g, dtype=torch.double) + 0.5)
+        m.bias.copy_(torch.randn(c, generator=g, dtype=torch.double))
+        m.mean_weight.copy_(torch.randn(m.mean_weight.shape, generator=g, dtype=torch.double))
+        m.var_weight.copy_(torch.randn(m.var_weight.shape, generator=g, dtype=torch.double))
+        if using_bn:
+            m.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.double))
+            m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.double) + 0.5)
+    return m
+
+
+def reference_params(m):
+    """Leaf copies of the layer's parameters, for the reference's autograd."""
+    return [
+        p.detach().clone().requires_grad_(True)
+        for p in (m.weight, m.bias, m.mean_weight, m.var_weight)
+    ]
+
+
+def random_input(shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    # Offset and scale per channel so IN, LN and BN statistics differ clearly.
+    x = torch.randn(shape, generator=g, dtype=torch.double)
+    x = x * (torch.rand(shape[1], generator=g, dtype=torch.double) * 3 + 0.1).view(1, -1, 1, 1)
+    return (
+        x + torch.randn(shape[1], generator=g, dtype=torch.double).view(1, -1, 1, 1)
+    ).requires_grad_(True)
+
+
+SHAPES = [(1, 3, 4, 5), (2, 8, 7, 3), (4, 5, 2, 2), (3, 16, 9, 11), (2, 4, 1, 6)]
+
+
+@pytest.mark.parametrize(
+    "shape,using_bn,training,last_gamma",
+    [
+        (s, bn, tr, lg)
+        for s, bn, tr, lg in itertools.product(SHAPES, [True, False], [True, False], [False])
+    ]
+    + [((2, 6, 4, 4), True, True, True), ((2, 6, 4, 4), False, True, True)],
+)
+def test_forward_and_gradients_match_reference(shape, using_bn, training, last_gamma):
+    m = make_layer(shape[1], using_bn=using_bn, last_gamma=last_gamma)
+    m.train(training)
+    params = reference_params(m)
+    rm = m.running_mean.clone() if using_bn else None
+    rv = m.running_var.clone() if using_bn else None
+
+    x = random_input(shape)
+    x_ref = x.detach().clone().requires_grad_(True)
+    dy = torch.randn(shape, dtype=torch.double, generator=torch.Generator().manual_seed(7))
+
+    y = m(x)
+    y_ref, _, _ = reference_switch_norm(x_ref, *params, rm, rv, training=training)
+    assert_close(y, y_ref, what="forward")
+
+    (y * dy).sum().backward()
+    (y_ref * dy).sum().backward()
+    assert_close(x.grad, x_ref.grad, what="input gradient")
+    for name, p, p_ref in zip(
+        ["weight", "bias", "mean_weight", "var_weight"],
+        [m.weight, m.bias, m.mean_weight, m.var_weight],
+        params,
+    ):
+        assert_close(p.grad, p_ref.grad, what=f"{name} gradient")
+
+
+@pytest.mark.parametrize("moving", [True, False])
+@pytest.mark.parametrize("shape", [(1, 3, 4, 5), (3, 6, 5, 4)])
+def test_running_statistics_match_reference(moving, shape):
+    m = make_layer(shape[1], moving=moving)
+    m.momentum = 0.9
+    rm = m.running_mean.detach().clone()
+    rv = m.running_var.detach().clone()
+    for step in range(3):
+        x = random_input(shape, seed=10 + step)
+        m(x)
+        _, mean_bn, var_bn = reference_switch_norm(x.detach(), *reference_params(m), training=True)
+        if moving:  # momentum weighs the OLD value
+            rm = 0.9 * rm + 0.1 * mean_bn
+            rv = 0.9 * rv + 0.1 * var_bn
+        else:
+            rm = rm + mean_bn
+            rv = rv + mean_bn**2 + var_bn
+    assert_close(m.running_mean, rm, what="running_mean")
+    assert_close(m.running_var, rv, what="running_var")
+
+
+def test_batch_average_finalize_is_pooled_statistics():
+    c = 5
+    m = make_layer(c, moving=False)
+    m.reset_batch_average()
+    batches = [random_input((2, c, 3, 4), seed=s).detach() for s in range(4)]
+    with torch.no_grad():
+        for b in batches:
+            y = m(b)
+            y_ref, _, _ = reference_switch_norm(b, *reference_params(m), training=True)
+            assert_close(y, y_ref, what="training forward without grad")
+    assert m.finalize_batch_average() == 4
+    # Pooled over the K batches: mean of batch means, and mean of (var + mean^2) - mean^2.
+    means, variances = [], []
+    for b in batches:
+        _, mb, vb = reference_switch_norm(b, *reference_params(m), training=True)
+        means.append(mb)
+        variances.append(vb)
+    mean = torch.stack(means).mean(0)
+    var = (torch.stack(variances) + torch.stack(means) ** 2).mean(0) - mean**2
+    assert_close(m.running_mean, mean, what="pooled mean")
+    assert_close(m.running_var, var, what="pooled var")
+    with pytest.raises(RuntimeError, match="no training-mode forward"):
+        m.finalize_batch_average()
+
+
+def test_batch_average_requires_the_mode():
+    with pytest.raises(RuntimeError, match="using_moving_average=False"):
+        SwitchNorm2d(4).finalize_batch_average()
+    with pytest.raises(RuntimeError, match="no BN term"):
+        SwitchNorm2d(4, using_bn=False, using_moving_average=False).reset_batch_average()
+
+
+def test_eval_mode_uses_running_statistics_and_does_not_update_them():
+    m = make_layer(6).eval()
+    before = (m.running_mean.clone(), m.running_var.clone())
+    x = random_input((2, 6, 4, 4))
+    y = m(x)
+    y_ref, _, _ = reference_switch_norm(x, *reference_params(m), *before, training=False)
+    assert_close(y, y_ref, what="eval forward")
+    with torch.no_grad():  # the inference path (no autograd Function) must agree too
+        assert_close(m(x), y_ref, what="eval forward without grad")
+    assert torch.equal(m.running_mean, before[0]) and torch.equal(m.running_var, before[1])
+
+
+def test_gradcheck():
+    for using_bn, training in [(True, True), (True, False), (False, True)]:
+        m = make_layer(3, using_bn=using_bn).train(training)
+        x = random_input((2, 3, 3, 2))
+        params = (m.weight, m.bias, m.mean_weight, m.var_weight)
+
+        inputs = (x,) + tuple(p.detach().clone().requires_grad_(True) for p in params)
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, mw, vw: torch.func.functional_call(
+                m, {"weight": w, "bias": b, "mean_weight": mw, "var_weight": vw}, (x,)
+            ),
+            inputs,
+        )
+
+
+def test_last_gamma_initialises_weight_to_zero():
+    assert torch.count_nonzero(SwitchNorm2d(7, last_gamma=True).weight) == 0
+    assert torch.all(SwitchNorm2d(7).weight == 1)
+
+
+def test_parameter_and_buffer_names_and_defaults():
+    m = SwitchNorm2d(4)
+    assert [n for n, _ in m.named_parameters()] == ["weight", "bias", "mean_weight", "var_weight"]
+    assert sorted(m.state_dict()) == sorted(
+        ["weight", "bias", "mean_weight", "var_weight", "running_mean", "running_var"]
+    )
+    assert torch.all(m.mean_weight == 1) and m.mean_weight.shape == (3,)
+    assert torch.all(m.running_mean == 0) and torch.all(m.running_var == 0)
+    m2 = SwitchNorm2d(4, using_bn=False)
+    assert sorted(m2.state_dict()) == ["bias", "mean_weight", "var_weight", "weight"]
+    assert m2.var_weight.shape == (2,)
+    assert "momentum=0.997" in repr(m) and "using_bn=False" in repr(m2)
+
+
+@pytest.mark.parametrize("using_bn", [True, False])
+def test_loads_published_state_dict_layout(using_bn):
+    c = 6
+    g = torch.Generator().manual_seed(3)
+    k = 3 if using_bn else 2
+    published = {
+        "weight": torch.rand(1, c, 1, 1, generator=g),
+        "bias": torch.randn(1, c, 1, 1, generator=g),
+        "mean_weight": torch.randn(k, generator=g),
+        "var_weight": torch.randn(k, generator=g),
+    }
+    if using_bn:
+        published["running_mean"] = torch.randn(1, c, 1, generator=g)
+        published["running_var"] = torch.rand(1, c, 1, generator=g)
+    m = SwitchNorm2d(c, using_bn=using_bn)
+    m.load_state_dict(published)  # strict
+    for name, value in published.items():
+        assert torch.equal(getattr(m, name), value.reshape(-1)), name
+    # A wrong channel count still fails loudly.
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        SwitchNorm2d(c + 1, using_bn=using_bn).load_state_dict(published)
+
+
+def test_empty_batch_keeps_running_stats_and_backward_works():
+    m = make_layer(4).train()
+    before = (m.running_mean.clone(), m.running_var.clone())
+    x = torch.zeros(0, 4, 5, 5, dtype=torch.double, requires_grad=True)
+    y = m(x)
+    assert y.shape == (0, 4, 5, 5)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for p in m.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and torch.all(p.grad == 0)
+    assert torch.equal(m.running_mean, before[0]) and torch.equal(m.running_var, before[1])
+
+
+@pytest.mark.parametrize("using_bn", [True, False])
+@pytest.mark.parametrize("n", [1, 3])
+def test_one_by_one_maps_are_finite_and_match_reference(using_bn, n):
+    m = make_layer(5, using_bn=using_bn).train()
+    x = random_input((n, 5, 1, 1))
+    x_ref = x.detach().clone().requires_grad_(True)
+    params = reference_params(m)
+    y = m(x)
+    y_ref, _, _ = reference_switch_norm(x_ref, *params, training=True)
+    assert torch.isfinite(y).all()
+    assert_close(y, y_ref, what="1x1 forward")
+    y.pow(2).sum().backward()
+    y_ref.pow(2).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert_close(x.grad, x_ref.grad, what="1x1 input gradient")
+    for p in m.parameters():
+        assert torch.isfinite(p.grad).all()
+
+
+def test_bfloat16_autocast_on_cpu_is_finite_and_close():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    m = SwitchNorm2d(8).train()
+    # A large common offset: E[x^2] - E[x]^2 would cancel catastrophically in bf16.
+    x = torch.randn(2, 3, 16, 16) + 100.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = conv(x)
+        assert h.dtype == torch.bfloat16
+        y = m(h)
+    assert y.dtype == torch.bfloat16
+    assert torch.isfinite(y).all()
+    y.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+    # Statistics were taken in float32 of the bf16 values: compare with the fp32 layer on them.
+    m32 = SwitchNorm2d(8).train()
+    y32 = m32(h.detach().float())
+    assert (y.float() - y32).abs().max() < 0.05 * y32.abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_float16_autocast_on_cuda_matches_float32():
+    torch.manual_seed(0)
+    m = SwitchNorm2d(16).cuda().train()
+    x = (torch.randn(2, 16, 32, 32, device="cuda") * 3 + 50).half()
+    with torch.autocast("cuda", dtype=torch.float16):
+        y = m(x)
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    y32 = SwitchNorm2d(16).cuda().train()(x.float())
+    assert (y.float() - y32).abs().max() < 1e-2 * y32.abs().max()
+
+
+def test_frozen_layer_uses_running_stats_in_train_mode_and_does_not_train():
+    m = make_layer(4).freeze().train()
+    assert m.frozen and not any(p.requires_grad for p in m.parameters())
+    assert "frozen=True" in repr(m)
+    before = (m.running_mean.clone(), m.running_var.clone())
+    x = random_input((3, 4, 5, 5))
+    y = m(x)
+    y_ref, _, _ = reference_switch_norm(x, *reference_params(m), *before, training=False)
+    assert_close(y, y_ref, what="frozen forward")
+    y.sum().backward()
+    assert x.grad is not None and all(p.grad is None for p in m.parameters())
+    assert torch.equal(m.running_mean, before[0]) and torch.equal(m.running_var, before[1])
+
+
+def test_wrong_input_is_one_clear_error():
+    m = SwitchNorm2d(4)
+    with pytest.raises(ValueError, match=r"expects \(N, C, H, W\)"):
+        m(torch.randn(2, 4, 5))
+    with pytest.raises(ValueError, match="got an input with 3 channels"):
+        m(torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match="weight of the old running value"):
+        SwitchNorm2d(4, momentum=1.5)
+
+
+def test_trace_in_eval_mode_matches_eager():
+    m = make_layer(4).float().eval()
+    x = torch.randn(2, 4, 6, 6)
+    traced = torch.jit.trace(m, x)
+    assert torch.allclose(traced(x), m(x))
