@@ -22,4 +22,8 @@ def add_sn_config(cfg: CN) -> CN:
     # Zero-initialise the weight (gamma) of the last SN of every residual branch in the
     # backbone and the C4 res5 head, so each block starts as the identity.
     _C.MODEL.SN.LAST_GAMMA = False
+
+    # Weight decay of the SN switch logits (mean_weight, var_weight); the seed used 0. SN's
+    # weight/bias follow SOLVER.WEIGHT_DECAY_NORM like detectron2's norms.
+    _C.SOLVER.WEIGHT_DECAY_SWITCH = 0.0
     return cfg

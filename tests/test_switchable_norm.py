@@ -308,3 +308,14 @@ def test_trace_in_eval_mode_matches_eager():
     x = torch.randn(2, 4, 6, 6)
     traced = torch.jit.trace(m, x)
     assert torch.allclose(traced(x), m(x))
+
+
+def test_output_can_be_modified_in_place():
+    # detectron2's blocks apply relu_ to the norm's output; gradients must stay exact.
+    m = make_layer(4).train()
+    x = random_input((2, 4, 5, 5))
+    x_ref = x.detach().clone().requires_grad_(True)
+    torch.relu_(m(x)).sum().backward()
+    y_ref, _, _ = reference_switch_norm(x_ref, *reference_params(m), training=True)
+    torch.relu(y_ref).sum().backward()
+    assert_close(x.grad, x_ref.grad, what="input gradient through relu_")

@@ -48,6 +48,11 @@ def _planes(x: Tensor) -> Tensor:
     return x.reshape(n, c, h * w)
 
 
+def _per_plane(t: Tensor) -> Tensor:
+    """(N, C) -> (N, C, 1, 1), to broadcast over the planes of a 4-d tensor."""
+    return t[:, :, None, None]
+
+
 class _SwitchNormFunction(torch.autograd.Function):
     """y = x * scale + shift with (scale, shift) = mixer(instance_moments(x), params).
 
@@ -71,12 +76,13 @@ class _SwitchNormFunction(torch.autograd.Function):
                 for t in (mean_in, var_in, weight, bias, mean_weight, var_weight)
             ]
             scale, shift, batch_mean, batch_var = mixer(*leaves)
-        y = torch.addcmul(shift.detach().unsqueeze(2), x3, scale.detach().unsqueeze(2))
+        # Written 4-d (not as a view of the 3-d planes): callers apply relu_ to it in place.
+        y = torch.addcmul(_per_plane(shift.detach()), x, _per_plane(scale.detach()))
         if needs_grad:
             ctx.save_for_backward(x)
             ctx.graph = (leaves, scale, shift)
         ctx.mark_non_differentiable(batch_mean, batch_var)
-        return y.view_as(x), batch_mean, batch_var
+        return y, batch_mean, batch_var
 
     @staticmethod
     @once_differentiable
@@ -110,9 +116,8 @@ class _SwitchNormFunction(torch.autograd.Function):
                 a = torch.zeros_like(mean_in)
             d_mean = d_mean_in if d_mean_in is not None else torch.zeros_like(mean_in)
             b = d_mean / length - a * mean_in
-            dx = torch.addcmul(b.unsqueeze(2), x3, a.unsqueeze(2))
-            dx.addcmul_(dy3, scale.detach().unsqueeze(2))
-            dx = dx.view_as(x)
+            dx = torch.addcmul(_per_plane(b), x, _per_plane(a))
+            dx.addcmul_(dy, _per_plane(scale.detach()))
         return dx, d_w, d_b, d_mw, d_vw, None
 
 
@@ -284,9 +289,8 @@ class SwitchNorm2d(nn.Module):
             ):
                 # Inference (or tracing, which cannot record a Python callable): the same two
                 # passes as plain ops; no backward state to keep.
-                x3 = _planes(x)
-                scale, shift, batch_mean, batch_var = mixer(*instance_moments(x3), *params)
-                y = torch.addcmul(shift.unsqueeze(2), x3, scale.unsqueeze(2)).view_as(x)
+                scale, shift, batch_mean, batch_var = mixer(*instance_moments(_planes(x)), *params)
+                y = torch.addcmul(_per_plane(shift), x, _per_plane(scale))
             else:
                 y, batch_mean, batch_var = _SwitchNormFunction.apply(x, *params, mixer)
         if use_batch:

@@ -1,0 +1,48 @@
+"""Datasets: the embedded synthetic set, and an early check that configured data exists."""
+
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .synthetic import SYNTH_SPLITS, ensure_synthetic_dataset, register_synthetic_datasets
+
+__all__ = [
+    "prepare_datasets",
+    "ensure_synthetic_dataset",
+    "register_synthetic_datasets",
+    "SYNTH_SPLITS",
+]
+
+register_synthetic_datasets()
+
+
+def prepare_datasets(cfg) -> None:
+    """Make every dataset in ``DATASETS.TRAIN``/``DATASETS.TEST`` ready to read.
+
+    Generates the synthetic set if it is named, and checks that the files of other
+    COCO-style datasets exist, so a missing path is one clear error up front instead of a
+    traceback from inside a data loader or evaluator.
+
+    Raises:
+        FileNotFoundError: names the dataset, the missing path and how to set it.
+        KeyError: an unregistered dataset name, listing a few registered ones.
+    """
+    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
+        for name in getattr(cfg.DATASETS, key.split(".")[1]):
+            if name in SYNTH_SPLITS:
+                ensure_synthetic_dataset()
+                continue
+            if name not in DatasetCatalog.list():
+                raise KeyError(
+                    f"{key} names {name!r}, which is not a registered dataset; registered are "
+                    f"e.g. {', '.join(sorted(SYNTH_SPLITS))}, coco_2017_train, coco_2017_val"
+                )
+            meta = MetadataCatalog.get(name)
+            for attr in ("json_file", "image_root"):
+                path = meta.get(attr, None)
+                if path and not os.path.exists(path):
+                    raise FileNotFoundError(
+                        f"{key} names {name!r}, whose {attr} {path} does not exist; put the "
+                        "dataset there, or set DETECTRON2_DATASETS to the folder that holds "
+                        "coco/ (see the README, 'Using real COCO')"
+                    )

@@ -1,0 +1,204 @@
+"""The embedded default data: a deterministic synthetic COCO-format instance-segmentation set.
+
+Each image holds 1-4 non-overlapping filled shapes (circle, square, triangle) in random
+colours and rotations on a noisy gradient background. Masks are the exact polygons the shapes
+were drawn from, so annotations are pixel-accurate. Everything is generated from fixed seeds
+on first use (about 2 s) into a cache folder, and registered with detectron2 as real COCO
+json + images, so ``COCOEvaluator`` and pycocotools read it like any COCO dataset.
+
+Registered names: ``sn_synth_train`` (400 images) and ``sn_synth_val`` (60 images), 128x128.
+Cache folder: ``$SN_DET_DATASETS`` or ``~/.cache/sn_det/datasets``.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Tuple
+
+import cv2
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+__all__ = [
+    "SYNTH_SPLITS",
+    "CATEGORIES",
+    "synthetic_root",
+    "ensure_synthetic_dataset",
+    "register_synthetic_datasets",
+]
+
+logger = logging.getLogger(__name__)
+
+VERSION = "v1"  # bump when the generator changes, so stale caches are never reused
+IMAGE_SIZE = 128
+CATEGORIES = [
+    {"id": 1, "name": "circle"},
+    {"id": 2, "name": "square"},
+    {"id": 3, "name": "triangle"},
+]
+# name -> (number of images, seed)
+SYNTH_SPLITS: Dict[str, Tuple[int, int]] = {"sn_synth_train": (400, 1), "sn_synth_val": (60, 2)}
+
+
+def synthetic_root() -> str:
+    """Folder holding the generated dataset (created on first use)."""
+    base = os.environ.get("SN_DET_DATASETS") or os.path.join(
+        os.path.expanduser("~"), ".cache", "sn_det", "datasets"
+    )
+    return os.path.join(base, f"sn_synth_{VERSION}")
+
+
+def _paths(root: str, name: str) -> Tuple[str, str]:
+    split = name.rsplit("_", 1)[-1]
+    return os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split)
+
+
+def _shape_polygon(
+    rng: np.random.RandomState, kind: str, cx: float, cy: float, r: float
+) -> np.ndarray:
+    """(K, 2) float polygon of a shape with circumradius r centred at (cx, cy)."""
+    if kind == "circle":
+        angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    else:
+        k = 4 if kind == "square" else 3
+        angles = rng.uniform(0, 2 * np.pi) + np.arange(k) * 2 * np.pi / k
+    return np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], axis=1)
+
+
+def _background(rng: np.random.RandomState) -> np.ndarray:
+    s = IMAGE_SIZE
+    c0, c1 = rng.uniform(30, 225, size=(2, 3))
+    t = np.linspace(0, 1, s)[None, :, None]
+    if rng.rand() < 0.5:
+        t = t.transpose(1, 0, 2)
+    img = c0 * (1 - t) + c1 * t + rng.normal(0, 8, size=(s, s, 3))
+    return np.clip(img, 0, 255)
+
+
+def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[dict]]:
+    """One RGB uint8 image and its annotations (category_id, polygon, bbox, area)."""
+    img = _background(rng)
+    anns: List[dict] = []
+    boxes: List[Tuple[float, float, float, float]] = []
+    for _ in range(rng.randint(1, 5)):
+        for _attempt in range(20):  # rejection sampling for non-overlapping placements
+            kind_id = rng.randint(len(CATEGORIES))
+            r = rng.uniform(10, 26)
+            cx, cy = rng.uniform(r + 1, IMAGE_SIZE - r - 1, size=2)
+            poly = _shape_polygon(rng, CATEGORIES[kind_id]["name"], cx, cy, r)
+            x0, y0 = poly.min(0)
+            x1, y1 = poly.max(0)
+            if all(x1 + 2 < a or b + 2 < x0 or y1 + 2 < c or d + 2 < y0 for a, c, b, d in boxes):
+                break
+        else:
+            continue
+        # A colour far from the local background, so every object is visible.
+        local = img[int(cy), int(cx)]
+        colour = rng.uniform(0, 255, size=3)
+        while np.abs(colour - local).sum() < 150:
+            colour = rng.uniform(0, 255, size=3)
+        mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
+        img[mask.astype(bool)] = colour + rng.normal(0, 4, size=(int(mask.sum()), 3))
+        ys, xs = np.nonzero(mask)
+        bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        boxes.append((x0, y0, x1, y1))
+        anns.append(
+            {
+                "category_id": CATEGORIES[kind_id]["id"],
+                "segmentation": [np.round(poly, 2).reshape(-1).tolist()],
+                "bbox": [float(bx0), float(by0), float(bx1 - bx0), float(by1 - by0)],
+                "area": float(mask.sum()),
+                "iscrowd": 0,
+            }
+        )
+    return np.clip(img, 0, 255).astype(np.uint8), anns
+
+
+def _generate_split(root: str, name: str, num_images: int, seed: int) -> None:
+    json_file, image_dir = _paths(root, name)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(json_file), exist_ok=True)
+    rng = np.random.RandomState(seed)
+    images, annotations = [], []
+    for i in range(num_images):
+        img, anns = _make_image(rng)
+        file_name = f"{i:05d}.png"
+        cv2.imwrite(os.path.join(image_dir, file_name), img[:, :, ::-1])  # cv2 writes BGR
+        images.append(
+            {"id": i + 1, "file_name": file_name, "height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        )
+        for a in anns:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **a})
+    with open(json_file, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
+
+
+def _is_complete(root: str) -> bool:
+    for name, (num_images, _) in SYNTH_SPLITS.items():
+        json_file, image_dir = _paths(root, name)
+        if not os.path.isfile(json_file) or not os.path.isdir(image_dir):
+            return False
+        if len([f for f in os.listdir(image_dir) if f.endswith(".png")]) != num_images:
+            return False
+    return os.path.isfile(os.path.join(root, "COMPLETE"))
+
+
+def ensure_synthetic_dataset() -> str:
+    """Generate the dataset if it is missing or incomplete; return its root.
+
+    Generation writes into a temporary sibling folder and renames it into place, so a reader
+    never sees a half-written dataset, and concurrent processes (multi-process training) do
+    not interfere: the first rename wins and the others discard their copy.
+    """
+    root = synthetic_root()
+    if _is_complete(root):
+        return root
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    logger.info(f"Generating the synthetic dataset into {root} ...")
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.", dir=parent)
+    try:
+        for name, (num_images, seed) in SYNTH_SPLITS.items():
+            _generate_split(tmp, name, num_images, seed)
+        open(os.path.join(tmp, "COMPLETE"), "w").close()
+        if os.path.exists(root) and not _is_complete(root):
+            shutil.rmtree(root, ignore_errors=True)  # a damaged copy: replace it
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not _is_complete(root):  # someone else won the race only if theirs is whole
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _load(name: str):
+    json_file, image_dir = _paths(ensure_synthetic_dataset(), name)
+    return load_coco_json(json_file, image_dir, name)
+
+
+def register_synthetic_datasets() -> None:
+    """Register ``sn_synth_train``/``sn_synth_val`` (generated lazily, on first load).
+
+    Like ``register_coco_instances`` but the data is created on demand; call
+    :func:`ensure_synthetic_dataset` before anything reads ``json_file`` directly
+    (COCOEvaluator does; ``tools/train_net.py`` and the trainer take care of it).
+    """
+    root = synthetic_root()
+    for name in SYNTH_SPLITS:
+        if name in DatasetCatalog.list():
+            continue
+        json_file, image_dir = _paths(root, name)
+        DatasetCatalog.register(name, lambda name=name: _load(name))
+        MetadataCatalog.get(name).set(
+            json_file=json_file,
+            image_root=image_dir,
+            evaluator_type="coco",
+            thing_classes=[c["name"] for c in CATEGORIES],
+            thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(CATEGORIES)},
+        )

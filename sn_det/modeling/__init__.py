@@ -1,0 +1,12 @@
+"""Builders registered in detectron2's registries (importing this module registers them)."""
+
+from .backbone import (
+    build_sn_resnet_backbone,
+    build_sn_resnet_fpn_backbone,
+    freeze_sn_stages,
+    zero_init_last_sn,
+)
+from .norm_config import NORM_KEYS, check_norm_config, with_resolved_norms
+from .roi_heads import SNFastRCNNConvFCHead, SNMaskRCNNConvUpsampleHead, SNRes5ROIHeads
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
