@@ -6,7 +6,31 @@ constraints.txt). A manual install into an existing detectron2 environment is
 ``pip install --no-build-isolation -e .``.
 """
 
+import glob
+import os
+
 from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+
+def extensions():
+    """sn_det._C: the CPU kernels of SN (sn_det/layers/csrc), parallel over planes with
+    at::parallel_for. SN_DET_NATIVE=1 adds -march=native (faster, but the build then only
+    runs on CPUs like this one)."""
+    flags = ["-O3", "-fopenmp"]
+    if os.environ.get("SN_DET_NATIVE") == "1":
+        flags.append("-march=native")
+    return [
+        CppExtension(
+            "sn_det._C",
+            sorted(glob.glob("sn_det/layers/csrc/*.cpp")),
+            extra_compile_args=flags,
+            # Links libgomp.so.1 by soname; in-process that resolves to the runtime torch
+            # already loaded (torch's bundled copy has the same soname): one thread pool.
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+
 
 setup(
     name="sn_det",
@@ -28,4 +52,6 @@ setup(
         "tensorboard",
     ],
     extras_require={"test": ["pytest"]},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension},
 )

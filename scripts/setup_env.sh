@@ -6,13 +6,14 @@
 # Set SN_DET_PYTHON=/path/to/python3.10 to choose the interpreter.
 #
 # Re-running is free: a stamp file records the hash of the inputs that decide what gets
-# installed (constraints.txt, setup.py); nothing is reinstalled while they are unchanged.
+# installed (constraints.txt, setup.py, the C++ sources); nothing is redone while they are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.venv
 stamp="$venv/.sn_det-installed"
-want=$(cat constraints.txt setup.py | sha256sum | cut -d' ' -f1)
+# Inputs that decide what is installed or compiled: pins, setup.py, the C++ kernels.
+want=$(cat constraints.txt setup.py sn_det/layers/csrc/* | sha256sum | cut -d' ' -f1)
 
 if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
@@ -48,7 +49,8 @@ echo "[setup] installing the pinned working set into $venv (first time: a few mi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt \
   "torch==2.3.1" "torchvision==0.18.1" "sal-detectron2==0.7.2" "fvcore" "iopath" \
   "pycocotools" "opencv-python-headless" "matplotlib" "tensorboard" "pytest"
-# --no-build-isolation: the build must see the venv's torch (setup.py may compile against it).
+# --no-build-isolation: setup.py compiles sn_det's CPU kernels against the venv's torch.
+echo "[setup] building sn_det and its CPU kernels"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt \
   --no-build-isolation --no-deps -e .
 "$venv/bin/python" -c "import sn_det, detectron2._C" # fail here, not in the middle of a job

@@ -1,4 +1,4 @@
 from .norm import D2_NORM_NAMES, get_norm, known_norm_names, register_norm, resolve_norm
-from .switchable_norm import SwitchNorm2d, freeze_switch_norms, instance_moments
+from .switchable_norm import SwitchNorm2d, freeze_switch_norms
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

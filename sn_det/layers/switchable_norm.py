@@ -7,80 +7,46 @@ Cost model (why the code is shaped like this): every statistic is a function of 
 (N, C) instance moments, so the only work proportional to N*C*H*W is
   forward:  one pass to get the instance moments, one pass to write y = x * scale + shift;
   backward: one pass over (x, dy) for the per-(n, c) sums, one pass to write dx.
-Everything in between works on (N, C) tensors, and plain autograd differentiates it. The
-autograd Function below owns the large passes, and only the input x and (N, C)-sized
-tensors are kept for backward.
+Everything in between works on (N, C) tensors (sn_mixing.py, with an analytic backward).
+The autograd Function below owns the large passes (sn_kernels.py: compiled on CPU, torch
+ops elsewhere), and only the input x and (N, C)-sized tensors are kept for backward.
 """
 
-from typing import Callable, Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["SwitchNorm2d", "instance_moments", "freeze_switch_norms"]
+from . import sn_kernels
+from .sn_mixing import bn_backward, mix_backward, mix_forward
 
-# Mixer: (mean_in, var_in, weight, bias, mean_weight, var_weight)
-#   -> (scale (N, C), shift (N, C), batch_mean (C,) or empty, batch_var (C,) or empty)
-Mixer = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tuple[Tensor, ...]]
+__all__ = ["SwitchNorm2d", "freeze_switch_norms"]
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
-def instance_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-(n, c) mean and unbiased variance in one pass.
-
-    Args:
-        x: (N, C, L) with L = H*W.
-
-    Returns:
-        mean_in, var_in: (N, C) each. ``var_in`` divides by L - 1 as the published layer
-        does; for L == 1 that would be 0/0, so the variance of a single element is defined
-        as 0 there (its exact value, and the only one with a finite gradient).
-    """
-    var, mean = torch.var_mean(x, dim=2, correction=1 if x.shape[2] > 1 else 0)
-    return mean, var
-
-
-def _planes(x: Tensor) -> Tensor:
-    """(N, C, H, W) -> (N, C, H*W) view (explicit sizes: -1 is ambiguous when N == 0)."""
-    n, c, h, w = x.shape
-    return x.reshape(n, c, h * w)
-
-
-def _per_plane(t: Tensor) -> Tensor:
-    """(N, C) -> (N, C, 1, 1), to broadcast over the planes of a 4-d tensor."""
-    return t[:, :, None, None]
-
-
 class _SwitchNormFunction(torch.autograd.Function):
-    """y = x * scale + shift with (scale, shift) = mixer(instance_moments(x), params).
+    """y = x * scale + shift with (scale, shift) from the mixed per-plane moments of x.
 
-    Backward: with g_scale = sum_hw(dy * x) and g_shift = sum_hw(dy), autograd through the
-    small mixer graph gives d(mean_in), d(var_in) and the parameter gradients; then
+    Forward: plane moments (one pass), the (N, C) mixing (sn_mixing), the affine (one pass).
+    Backward: g_scale = sum_hw(dy * x) and g_shift = sum_hw(dy) (one pass), the analytic
+    (N, C) backward of the mixing, then (one pass)
         dx = dy * scale + d(mean_in) / L + d(var_in) * 2 (x - mean_in) / (L - 1).
+    Saved for backward: x and (N, C)-sized tensors only.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean_weight, var_weight, mixer: Mixer):
-        x3 = _planes(x)
-        with torch.no_grad():
-            mean_in, var_in = instance_moments(x3)
-        needs_grad = any(ctx.needs_input_grad[:5])
-        # Build the (N, C)-sized mixing graph on detached leaves; backward differentiates it
-        # with autograd.grad, so the mixing formula exists in exactly one place (the mixer),
-        # and collectives inside it (SyncSwitchNorm2d) run once in forward and once in backward.
-        with torch.enable_grad() if needs_grad else torch.no_grad():
-            leaves = [
-                t.detach().requires_grad_(needs_grad)
-                for t in (mean_in, var_in, weight, bias, mean_weight, var_weight)
-            ]
-            scale, shift, batch_mean, batch_var = mixer(*leaves)
-        # Written 4-d (not as a view of the 3-d planes): callers apply relu_ to it in place.
-        y = torch.addcmul(_per_plane(shift.detach()), x, _per_plane(scale.detach()))
-        if needs_grad:
-            ctx.save_for_backward(x)
-            ctx.graph = (leaves, scale, shift)
+    def forward(ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch: bool):
+        mean_in, var_in = sn_kernels.plane_moments(x)
+        mixed, batch_count = layer._mix(
+            mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch
+        )
+        # A fresh 4-d tensor (not a view): callers apply relu_ to it in place.
+        y = sn_kernels.affine(x, mixed.scale, mixed.shift)
+        ctx.save_for_backward(x)
+        ctx.mixed, ctx.layer, ctx.batch_count = mixed, layer, batch_count
+        batch_mean, batch_var = layer._batch_stats_for_tracking(mixed, use_batch)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
 
@@ -88,37 +54,24 @@ class _SwitchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, _batch_mean_grad, _batch_var_grad):
         (x,) = ctx.saved_tensors
-        leaves, scale, shift = ctx.graph
-        x3, dy3 = _planes(x), _planes(dy)
-        n, c, length = x3.shape
-
-        g_shift = dy3.sum(2)
-        # Batched dot product per (n, c) row: no N*C*L temporary as (dy3 * x3).sum(2) would make.
-        g_scale = torch.matmul(dy3.unsqueeze(2), x3.unsqueeze(3)).view(n, c)
-        wanted = [True, True] + list(ctx.needs_input_grad[1:5])
-        grads = torch.autograd.grad(
-            (scale, shift),
-            [t for t, w in zip(leaves, wanted) if w],
-            (g_scale, g_shift),
-            allow_unused=True,
-            # The mixing graph is (N, C)-sized; keep it so backward(retain_graph=True) can rerun.
-            retain_graph=True,
+        mixed = ctx.mixed
+        g_shift, g_scale = sn_kernels.backward_reduce(dy, x)
+        d_mean_in, d_var_in, d_w, d_b, d_mw, d_vw, d_mean_bn, d_var_bn = mix_backward(
+            mixed, g_scale, g_shift
         )
-        it = iter(grads)
-        d_mean_in, d_var_in, d_w, d_b, d_mw, d_vw = [next(it) if w else None for w in wanted]
-
+        if ctx.batch_count is not None:  # the BN term came from this batch
+            d_mean_bn, d_var_bn = ctx.layer._reduce_bn_grads(d_mean_bn, d_var_bn)
+            d_mean_in, d_var_in = bn_backward(
+                mixed, d_mean_in, d_var_in, d_mean_bn, d_var_bn, ctx.batch_count
+            )
         dx = None
         if ctx.needs_input_grad[0]:
-            mean_in = leaves[0].detach()
-            if length > 1 and d_var_in is not None:
-                a = d_var_in * (2.0 / (length - 1))
-            else:  # L == 1: var_in is the constant 0 (see instance_moments)
-                a = torch.zeros_like(mean_in)
-            d_mean = d_mean_in if d_mean_in is not None else torch.zeros_like(mean_in)
-            b = d_mean / length - a * mean_in
-            dx = torch.addcmul(_per_plane(b), x, _per_plane(a))
-            dx.addcmul_(dy, _per_plane(scale.detach()))
-        return dx, d_w, d_b, d_mw, d_vw, None
+            length = x.shape[2] * x.shape[3]
+            # L == 1: var_in is the constant 0 (see sn_kernels.plane_moments), no gradient.
+            a = d_var_in * (2.0 / (length - 1)) if length > 1 else torch.zeros_like(d_var_in)
+            b = d_mean_in / length - a * mixed.mean_in
+            dx = sn_kernels.backward_dx(dy, x, mixed.scale, a, b)
+        return dx, d_w, d_b, d_mw, d_vw, None, None
 
 
 class SwitchNorm2d(nn.Module):
@@ -153,7 +106,8 @@ class SwitchNorm2d(nn.Module):
 
     Caveats (defined behaviour rather than NaN):
         - N == 0 gives an empty output and leaves the running statistics untouched.
-        - H*W == 1: the instance variance is defined as 0 (see :func:`instance_moments`).
+        - H*W == 1: the unbiased variance would be 0/0; the variance of a single element is
+          defined as 0 (its exact value, and the only one with a finite gradient).
         - float16/bfloat16 inputs: statistics and normalisation run in float32 (E[x^2] - E[x]^2
           cancels badly in half precision); the output has the input's dtype.
     """
@@ -205,49 +159,55 @@ class SwitchNorm2d(nn.Module):
         """
         return self.using_bn and self.training and not self.frozen and x.shape[0] > 0
 
-    def _batch_moments(self, mean_in: Tensor, sq_in: Tensor) -> Tuple[Tensor, Tensor]:
-        """BN-term moments from instance moments.
+    def _batch_moments(self, mean_in: Tensor, sq_in: Tensor):
+        """BN-term moments of this batch from its instance moments.
 
         Args:
             mean_in: (N, C) per-plane means; sq_in: (N, C) per-plane E[x^2] (var_in + mean_in^2).
 
         Returns:
-            mean_bn, var_bn: (1, C). Overridden by the synchronized layer.
+            (mean_bn, var_bn), each (1, C), and the number of samples they average over.
+            Overridden by a synchronized layer.
         """
         mean_bn = mean_in.mean(0, keepdim=True)
-        var_bn = sq_in.mean(0, keepdim=True) - mean_bn**2
-        return mean_bn, var_bn
+        var_bn = sq_in.mean(0, keepdim=True) - mean_bn * mean_bn
+        return (mean_bn, var_bn), mean_in.shape[0]
 
     def _mix(self, mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch: bool):
-        """Mix IN/LN/BN moments and fold them with the affine into per-(n, c) scale/shift.
-
-        All tensors here are (N, C) or smaller; this is plain differentiable torch code.
+        """Mix the (N, C) moments into per-plane scale/shift (see sn_mixing.mix_forward).
 
         Returns:
-            scale, shift: (N, C), so that y = x * scale + shift;
-            batch_mean, batch_var: (C,) BN moments of this batch (empty when not used).
+            the :class:`Mixed` result, and the number of samples behind the batch BN moments
+            (None when the BN term is absent or comes from the running statistics).
         """
-        sq_in = var_in + mean_in**2
-        mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = sq_in.mean(1, keepdim=True) - mean_ln**2
-        means, variances = [mean_in, mean_ln], [var_in, var_ln]
-        batch_mean = batch_var = mean_in.new_empty(0)
+        bn_moments, count = None, None
         if self.using_bn:
             if use_batch:
-                mean_bn, var_bn = self._batch_moments(mean_in, sq_in)
-                batch_mean, batch_var = mean_bn.detach().view(-1), var_bn.detach().view(-1)
+                sq_in = torch.addcmul(var_in, mean_in, mean_in)
+                bn_moments, count = self._batch_moments(mean_in, sq_in)
             else:
-                mean_bn = self.running_mean.to(mean_in.dtype).view(1, -1)
-                var_bn = self.running_var.to(mean_in.dtype).view(1, -1)
-            means.append(mean_bn)
-            variances.append(var_bn)
-        mean_mix = torch.softmax(mean_weight, 0)
-        var_mix = torch.softmax(var_weight, 0)
-        mean = sum(mean_mix[k] * means[k] for k in range(len(means)))
-        var = sum(var_mix[k] * variances[k] for k in range(len(variances)))
-        scale = weight * torch.rsqrt(var + self.eps)
-        shift = bias - mean * scale
-        return scale, shift, batch_mean, batch_var
+                dtype = mean_in.dtype
+                bn_moments = (
+                    self.running_mean.to(dtype).view(1, -1),
+                    self.running_var.to(dtype).view(1, -1),
+                )
+        mixed = mix_forward(
+            mean_in, var_in, weight, bias, mean_weight, var_weight, self.eps, bn_moments
+        )
+        return mixed, count
+
+    def _reduce_bn_grads(self, d_mean_bn: Tensor, d_var_bn: Tensor) -> Tuple[Tensor, Tensor]:
+        """Gradients of the batch BN moments, summed over everything that shares them.
+        Identity here; a synchronized layer sums them over ranks."""
+        return d_mean_bn, d_var_bn
+
+    @staticmethod
+    def _batch_stats_for_tracking(mixed, use_batch: bool) -> Tuple[Tensor, Tensor]:
+        """(C,) batch BN moments to fold into the running statistics, or empty tensors."""
+        if use_batch and mixed.mean_bn is not None:
+            return mixed.mean_bn.view(-1), mixed.var_bn.view(-1)
+        empty = mixed.mean_in.new_empty(0)
+        return empty, empty
 
     @torch.no_grad()
     def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:
@@ -278,21 +238,18 @@ class SwitchNorm2d(nn.Module):
         use_batch = self._uses_batch_statistics(x)
 
         params = (self.weight, self.bias, self.mean_weight, self.var_weight)
-
-        def mixer(*leaves):
-            return self._mix(*leaves, use_batch=use_batch)
-
         with torch.autocast(x.device.type, enabled=False):
             if torch.jit.is_tracing() or not (
                 torch.is_grad_enabled()
                 and (x.requires_grad or any(p.requires_grad for p in params))
             ):
-                # Inference (or tracing, which cannot record a Python callable): the same two
-                # passes as plain ops; no backward state to keep.
-                scale, shift, batch_mean, batch_var = mixer(*instance_moments(_planes(x)), *params)
-                y = torch.addcmul(_per_plane(shift), x, _per_plane(scale))
+                # Inference, or tracing (which records plain ops, not a Python autograd
+                # Function): the same passes, no backward state to keep.
+                mixed, _ = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
+                y = sn_kernels.affine(x, mixed.scale, mixed.shift)
+                batch_mean, batch_var = self._batch_stats_for_tracking(mixed, use_batch)
             else:
-                y, batch_mean, batch_var = _SwitchNormFunction.apply(x, *params, mixer)
+                y, batch_mean, batch_var = _SwitchNormFunction.apply(x, *params, self, use_batch)
         if use_batch:
             self._track(batch_mean, batch_var)
         return y.to(in_dtype)

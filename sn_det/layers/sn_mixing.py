@@ -1,0 +1,136 @@
+"""The (N, C)-sized half of SN: mixing IN/LN/BN moments into a per-plane scale and shift,
+and its analytic backward.
+
+Everything here works on per-plane moments, never on the feature map, so it costs O(N*C).
+It is written out by hand (rather than recorded by autograd on every call) because autograd's
+per-op bookkeeping on these tiny tensors used to cost more than the N*C*H*W passes
+themselves at detection shapes. The tests check it against a plain float64 autograd
+reference and with gradcheck.
+
+Notation (all (N, C) unless noted): m = mean_in, v = var_in, q = v + m^2 (E[x^2] per plane),
+pm/pv = softmax of the mean/var logits (K,), mu/sig = the mixed mean/variance,
+r = 1/sqrt(sig + eps), scale = weight * r, shift = bias - mu * scale, so y = x*scale + shift.
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Mixed", "mix_forward", "mix_backward"]
+
+
+class Mixed(NamedTuple):
+    """Result of :func:`mix_forward`: what the large passes need, and what backward reuses."""
+
+    scale: Tensor  # (N, C)
+    shift: Tensor  # (N, C)
+    mean_in: Tensor
+    sq_in: Tensor
+    mean_ln: Tensor  # (N, 1)
+    var_ln: Tensor  # (N, 1)
+    mean_bn: Optional[Tensor]  # (1, C), or None without a BN term
+    var_bn: Optional[Tensor]
+    pm: Tensor  # (K,)
+    pv: Tensor
+    mean: Tensor  # (N, C) mixed mean
+    rstd: Tensor  # (N, C)
+    weight: Tensor  # (C,)
+
+
+def mix_forward(
+    mean_in: Tensor,
+    var_in: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    eps: float,
+    bn_moments: Optional[Tuple[Tensor, Tensor]] = None,
+) -> Mixed:
+    """Mix the moments and fold them with the affine into a per-plane scale and shift.
+
+    Args:
+        mean_in, var_in: (N, C) per-plane mean and unbiased variance.
+        weight, bias: (C,). mean_weight, var_weight: (K,) logits, K = 3 with a BN term.
+        bn_moments: the BN term's (mean, var), each (1, C): batch moments or running
+            statistics; None when the layer has no BN term (K = 2).
+    """
+    sq_in = torch.addcmul(var_in, mean_in, mean_in)
+    mean_ln = mean_in.mean(1, keepdim=True)
+    var_ln = sq_in.mean(1, keepdim=True) - mean_ln * mean_ln
+    pm = torch.softmax(mean_weight, 0)
+    pv = torch.softmax(var_weight, 0)
+    mean = pm[0] * mean_in + pm[1] * mean_ln
+    var = pv[0] * var_in + pv[1] * var_ln
+    mean_bn = var_bn = None
+    if bn_moments is not None:
+        mean_bn, var_bn = bn_moments
+        mean = mean + pm[2] * mean_bn
+        var = var + pv[2] * var_bn
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd * weight
+    shift = bias - mean * scale
+    return Mixed(
+        scale, shift, mean_in, sq_in, mean_ln, var_ln, mean_bn, var_bn, pm, pv, mean, rstd, weight
+    )
+
+
+def _softmax_backward(p: Tensor, dp: Tensor) -> Tensor:
+    return p * (dp - (p * dp).sum())
+
+
+def mix_backward(s: Mixed, g_scale: Tensor, g_shift: Tensor):
+    """Gradients of :func:`mix_forward` given dL/dscale and dL/dshift, (N, C) each.
+
+    Returns:
+        d_mean_in, d_var_in (N, C) through the IN and LN terms only; d_weight, d_bias (C,);
+        d_mean_weight, d_var_weight (K,); d_mean_bn, d_var_bn (1, C) or None. The caller
+        propagates the BN-term gradients into d_mean_in/d_var_in when the BN term came
+        from the batch (see :func:`bn_backward`), possibly after summing them over ranks.
+    """
+    n, c = s.mean_in.shape
+    d_bias = g_shift.sum(0)
+    d_mean = -g_shift * s.scale  # through shift = bias - mean * scale
+    d_scale = g_scale - g_shift * s.mean  # total gradient of scale
+    d_weight = (d_scale * s.rstd).sum(0)
+    # scale = weight * (var + eps)^-1/2  =>  d var = d scale * weight * -1/2 * rstd^3
+    d_var = d_scale * s.weight * (-0.5) * s.rstd.pow(3)
+
+    d_mean_ln = d_mean.sum(1, keepdim=True)  # (N, 1), before the mixing weight
+    d_var_ln = d_var.sum(1, keepdim=True)
+    dpm = [(d_mean * s.mean_in).sum(), (d_mean_ln * s.mean_ln).sum()]
+    dpv = [(d_var * (s.sq_in - s.mean_in * s.mean_in)).sum(), (d_var_ln * s.var_ln).sum()]
+    d_mean_bn = d_var_bn = None
+    if s.mean_bn is not None:
+        d_mean_bn = s.pm[2] * d_mean.sum(0, keepdim=True)
+        d_var_bn = s.pv[2] * d_var.sum(0, keepdim=True)
+        dpm.append((d_mean.sum(0, keepdim=True) * s.mean_bn).sum())
+        dpv.append((d_var.sum(0, keepdim=True) * s.var_bn).sum())
+    d_mean_weight = _softmax_backward(s.pm, torch.stack(dpm))
+    d_var_weight = _softmax_backward(s.pv, torch.stack(dpv))
+
+    # LN term: var_ln = mean_c q - mean_ln^2, mean_ln = mean_c m.
+    g_var_ln = s.pv[1] * d_var_ln
+    g_mean_ln = s.pm[1] * d_mean_ln - 2 * s.mean_ln * g_var_ln
+    d_sq = (g_var_ln / c).expand(n, c)
+    d_mean_in = s.pm[0] * d_mean + g_mean_ln / c
+    d_var_in = s.pv[0] * d_var + d_sq
+    # q = v + m^2
+    d_mean_in = d_mean_in + 2 * s.mean_in * d_sq
+    return d_mean_in, d_var_in, d_weight, d_bias, d_mean_weight, d_var_weight, d_mean_bn, d_var_bn
+
+
+def bn_backward(
+    s: Mixed, d_mean_in: Tensor, d_var_in: Tensor, d_mean_bn: Tensor, d_var_bn: Tensor, count: float
+) -> Tuple[Tensor, Tensor]:
+    """Add the gradient through batch BN moments to the instance-moment gradients.
+
+    mean_bn = sum_n m / count and var_bn = sum_n q / count - mean_bn^2, where the sums may
+    run over several ranks (then d_mean_bn/d_var_bn must already be summed over ranks).
+    """
+    g_mean_bn = d_mean_bn - 2 * s.mean_bn * d_var_bn
+    d_sq = d_var_bn / count
+    d_mean_in = d_mean_in + g_mean_bn / count + 2 * s.mean_in * d_sq
+    d_var_in = d_var_in + d_sq
+    return d_mean_in, d_var_in

@@ -1,0 +1,272 @@
+#!/usr/bin/env python
+"""Benchmark SN against BatchNorm, GroupNorm and the textbook SN formulation.
+
+Layer part: forward+backward time of each norm at detection shapes, measured interleaved in
+one run (these machines are noisy: every round times every implementation once, and the
+medians are compared), and the bytes each keeps for backward (saved tensors, counted once
+per storage), as ratios against GroupNorm and the input.
+
+Model part: one training step of the small Mask R-CNN of the demo with BN, GN and SN as the
+norm of backbone, FPN and mask head, interleaved the same way.
+
+Prints a markdown table and writes it to --out (default benchmarks/latest.md).
+
+Examples:
+  tools/benchmark_sn.py                      # full run (a few minutes on 2 CPU cores)
+  tools/benchmark_sn.py --rounds 3 --skip-model
+  tools/benchmark_sn.py --device cuda        # on a GPU machine
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from sn_det.layers import SwitchNorm2d
+
+SHAPES = [(2, 256, 100, 100), (256, 256, 14, 14), (2, 64, 200, 200), (2, 1024, 25, 25)]
+
+
+class TextbookSwitchNorm2d(nn.Module):
+    """The published formulation, kept here as the "before" of the benchmark: statistics by
+    separate mean/var calls, the mix and the normalisation as broadcast ops, all
+    differentiated by autograd (which keeps every intermediate for backward)."""
+
+    def __init__(self, c, eps=1e-5, momentum=0.997):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, c, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.mean_weight = nn.Parameter(torch.ones(3))
+        self.var_weight = nn.Parameter(torch.ones(3))
+        self.register_buffer("running_mean", torch.zeros(1, c, 1))
+        self.register_buffer("running_var", torch.zeros(1, c, 1))
+        self.eps, self.momentum = eps, momentum
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x = x.view(n, c, -1)
+        mean_in = x.mean(-1, keepdim=True)
+        var_in = x.var(-1, keepdim=True)
+        mean_ln = mean_in.mean(1, keepdim=True)
+        temp = var_in + mean_in**2
+        var_ln = temp.mean(1, keepdim=True) - mean_ln**2
+        mean_bn = mean_in.mean(0, keepdim=True)
+        var_bn = temp.mean(0, keepdim=True) - mean_bn**2
+        with torch.no_grad():
+            self.running_mean.mul_(self.momentum).add_((1 - self.momentum) * mean_bn)
+            self.running_var.mul_(self.momentum).add_((1 - self.momentum) * var_bn)
+        mw = torch.softmax(self.mean_weight, 0)
+        vw = torch.softmax(self.var_weight, 0)
+        mean = mw[0] * mean_in + mw[1] * mean_ln + mw[2] * mean_bn
+        var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn
+        x = (x - mean) / (var + self.eps).sqrt()
+        return x.view(n, c, h, w) * self.weight + self.bias
+
+
+def layer_factories(c):
+    return {
+        "SN (sn_det)": lambda: SwitchNorm2d(c),
+        "SN textbook": lambda: TextbookSwitchNorm2d(c),
+        "BatchNorm2d": lambda: nn.BatchNorm2d(c),
+        "GroupNorm(32)": lambda: nn.GroupNorm(32, c),
+    }
+
+
+def saved_bytes(module, x):
+    """Bytes kept for backward by one training forward (each storage counted once)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(x)
+    del y
+    return sum(storages.values())
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_layers(shapes, rounds, device):
+    rows = []
+    for shape in shapes:
+        print(f"[layers] {shape} ...", flush=True)
+        factories = layer_factories(shape[1])
+        mods = {k: f().to(device).train() for k, f in factories.items()}
+        x = torch.randn(shape, device=device).requires_grad_(True)
+        dy = torch.randn(shape, device=device)
+        times = {k: [] for k in mods}
+        for r in range(rounds + 1):  # round 0 warms up
+            for k, m in mods.items():
+                x.grad = None
+                sync(device)
+                t = time.perf_counter()
+                m(x).backward(dy)
+                sync(device)
+                if r > 0:
+                    times[k].append(time.perf_counter() - t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        saved = {k: saved_bytes(m, x) for k, m in mods.items()}
+        peak = {}
+        if device.type == "cuda":
+            for k, m in mods.items():
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                m(x).backward(dy)
+                peak[k] = torch.cuda.max_memory_allocated() - base
+        rows.append((shape, med, saved, peak, x.numel() * x.element_size()))
+    return rows
+
+
+def bench_model(rounds, device, threads):
+    from detectron2.config import get_cfg
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from sn_det import add_sn_config
+    from sn_det.engine import build_sn_optimizer
+
+    cfg_path = os.path.join(
+        os.path.dirname(__file__), "..", "configs", "demo", "mask_rcnn_R_18_FPN_sn_synthetic.yaml"
+    )
+    models = {}
+    for norm in ("BN", "GN", "SN"):
+        cfg = add_sn_config(get_cfg())
+        cfg.merge_from_file(cfg_path)
+        cfg.merge_from_list(
+            [
+                "MODEL.DEVICE",
+                device.type,
+                "MODEL.RESNETS.NORM",
+                norm,
+                "MODEL.FPN.NORM",
+                norm,
+                "MODEL.ROI_MASK_HEAD.NORM",
+                norm,
+                "DATALOADER.NUM_WORKERS",
+                "0",
+            ]
+        )
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        models[norm] = (model, build_sn_optimizer(cfg, model))
+    batches = []
+    loader = iter(build_detection_train_loader(cfg))
+    for _ in range(rounds + 1):
+        batches.append(next(loader))
+    times = {k: [] for k in models}
+    with EventStorage(0):
+        for r, batch in enumerate(batches):
+            print(f"[model] round {r}/{rounds}", flush=True)
+            for k, (model, opt) in models.items():
+                sync(device)
+                t = time.perf_counter()
+                loss = sum(model(batch).values())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sync(device)
+                if r > 0:
+                    times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine_line(device, threads):
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name()
+    else:
+        what = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                what = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return f"{what}, {threads} threads, torch {torch.__version__}, {datetime.date.today()}"
+
+
+def render(layer_rows, model_times, device, threads, rounds):
+    out = [f"Machine: {machine_line(device, threads)}; medians of {rounds} interleaved rounds.", ""]
+    out.append(
+        "| shape (N,C,H,W) | SN ms | GN ms | BN ms | textbook SN ms | SN/GN | SN/BN | textbook/GN | SN saved/input | GN saved/input | textbook saved/input |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for shape, med, saved, peak, in_bytes in layer_rows:
+        sn, gn, bn, tb = (
+            med[k] for k in ("SN (sn_det)", "GroupNorm(32)", "BatchNorm2d", "SN textbook")
+        )
+        out.append(
+            f"| {tuple(shape)} | {sn*1e3:.1f} | {gn*1e3:.1f} | {bn*1e3:.1f} | {tb*1e3:.1f} | "
+            f"**{sn/gn:.2f}** | {sn/bn:.2f} | {tb/gn:.2f} | "
+            f"**{saved['SN (sn_det)']/in_bytes:.2f}** | {saved['GroupNorm(32)']/in_bytes:.2f} | "
+            f"{saved['SN textbook']/in_bytes:.2f} |"
+        )
+    if layer_rows and layer_rows[0][3]:
+        out += [
+            "",
+            "| shape | SN peak/input | GN peak/input | BN peak/input |",
+            "|---|---|---|---|",
+        ]
+        for shape, _, _, peak, in_bytes in layer_rows:
+            out.append(
+                f"| {tuple(shape)} | {peak['SN (sn_det)']/in_bytes:.2f} | "
+                f"{peak['GroupNorm(32)']/in_bytes:.2f} | {peak['BatchNorm2d']/in_bytes:.2f} |"
+            )
+    if model_times:
+        out += [
+            "",
+            "Mask R-CNN training step (demo model: R-18-FPN, 4 images of 128x128; the norm of "
+            "backbone, FPN and mask head varies):",
+            "",
+            "| norm | s/step | vs GN |",
+            "|---|---|---|",
+        ]
+        for k in ("BN", "GN", "SN"):
+            out.append(
+                f"| {k} | {model_times[k]:.3f} | **{model_times[k]/model_times['GN']:.2f}** |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median)")
+    parser.add_argument("--model-rounds", type=int, default=5, help="rounds of the model step")
+    parser.add_argument("--skip-model", action="store_true", help="layers only")
+    parser.add_argument("--out", default="benchmarks/latest.md", help="markdown file to write")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but no CUDA GPU is available")
+    torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+
+    layer_rows = bench_layers(SHAPES, args.rounds, device)
+    model_times = None if args.skip_model else bench_model(args.model_rounds, device, args.threads)
+    table = render(layer_rows, model_times, device, args.threads, args.rounds)
+    print()
+    print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(table)
+    os.replace(tmp, args.out)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
