@@ -9,10 +9,10 @@ checkpoints and metrics to OUTPUT_DIR; every test set is evaluated with COCOEval
 import sys
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
+from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.engine import ConfigError, Trainer, setup_cfg
 
 EXAMPLES = """examples:
@@ -31,7 +31,7 @@ def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SNDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
@@ -47,8 +47,9 @@ def main(args):
 def _main_or_exit(args):
     try:
         return main(args)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    except (ConfigError, CheckpointConversionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def invoke_main() -> None:

@@ -1,0 +1,10 @@
+from .checkpointer import SNDetectionCheckpointer
+from .convert import (
+    CheckpointConversionError,
+    convert_published_state_dict,
+    converted_checkpoint,
+    load_checkpoint_file,
+    save_atomically,
+)
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -1,0 +1,87 @@
+"""A DetectionCheckpointer that loads published ImageNet SN models directly and completely."""
+
+import re
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from ..layers import SwitchNorm2d
+from .convert import (
+    SN_AUTHOR,
+    CheckpointConversionError,
+    convert_published_state_dict,
+    converted_checkpoint,
+    is_published_sn_state_dict,
+    load_checkpoint_file,
+)
+
+__all__ = ["SNDetectionCheckpointer"]
+
+# Model keys that a converted ImageNet SN backbone must fill: the ResNet's stem and stages,
+# wherever they live (backbone.bottom_up.* for FPN, backbone.* and roi_heads.res5.* for C4).
+_RESNET_KEY = re.compile(r"(^|\.)(stem|res[2-5])\.")
+
+
+class SNDetectionCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that also
+
+    - converts a published ImageNet SN ``.pth`` in memory when ``MODEL.WEIGHTS`` points at
+      one (same checks as ``tools/convert_sn_to_d2.py``), loading with ``weights_only``
+      where the file allows it;
+    - for SN backbone checkpoints (converted or published), treats a backbone weight that is
+      missing or does not fit as an error instead of detectron2's warning, and refuses a
+      checkpoint whose switch weights (with or without the BN term) do not match
+      ``MODEL.SN.USING_BN``, naming the key to change.
+    Everything else (detectron2 checkpoints, resuming) behaves as in detectron2.
+    """
+
+    def _load_file(self, filename):
+        if filename.endswith((".pkl", ".pyth")):
+            return super()._load_file(filename)
+        loaded = load_checkpoint_file(filename, warn_unsafe=False)
+        if is_published_sn_state_dict(loaded):
+            state_dict, meta, _ = convert_published_state_dict(loaded)
+            self.logger.info(
+                f"Converted the published ImageNet SN model {filename} in memory "
+                f"(ResNet-{meta['depth']}, {'with' if meta['using_bn'] else 'without'} BN statistics)"
+            )
+            return converted_checkpoint(state_dict, meta)
+        if not isinstance(loaded, dict):
+            raise CheckpointConversionError(
+                f"{filename} holds a {type(loaded).__name__}, not a checkpoint dict"
+            )
+        if "model" not in loaded:
+            loaded = {"model": loaded}
+        return loaded
+
+    def _load_model(self, checkpoint):
+        is_sn_backbone = checkpoint.get("__author__") == SN_AUTHOR
+        if is_sn_backbone:
+            self._check_switch_layout(checkpoint["sn_meta"]["using_bn"])
+        incompatible = super()._load_model(checkpoint)
+        if is_sn_backbone:
+            missing = [k for k in incompatible.missing_keys if _RESNET_KEY.search(k)]
+            if missing or incompatible.incorrect_shapes:
+                bad = missing + [k for k, *_ in incompatible.incorrect_shapes]
+                raise CheckpointConversionError(
+                    f"the SN checkpoint does not fill the model's ResNet: {len(bad)} weights "
+                    f"missing or of another shape, e.g. {bad[:3]} (check MODEL.RESNETS.DEPTH "
+                    "and the recipe)"
+                )
+        return incompatible
+
+    def _check_switch_layout(self, ckpt_using_bn: bool) -> None:
+        for name, m in self.model.named_modules():
+            if (
+                isinstance(m, SwitchNorm2d)
+                and _RESNET_KEY.search(name + ".")
+                and m.using_bn != ckpt_using_bn
+            ):
+                what = (
+                    "has no BN statistics (2 switch weights, an (8,1) model)"
+                    if not ckpt_using_bn
+                    else ("mixes a BN term (3 switch weights and running statistics)")
+                )
+                raise CheckpointConversionError(
+                    f"the SN checkpoint {what}, but the model was built with MODEL.SN.USING_BN "
+                    f"{m.using_bn}; set MODEL.SN.USING_BN {ckpt_using_bn}"
+                )

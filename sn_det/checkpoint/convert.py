@@ -1,0 +1,241 @@
+"""Convert the authors' published ImageNet SN checkpoints to detectron2's backbone layout.
+
+Published layout (a DataParallel ResNet-v1, stride on the 3x3 conv)::
+
+    module.conv1.weight                              -> stem.conv1.weight
+    module.sn1.{weight,bias,...}                     -> stem.conv1.norm.*
+    module.layer{L}.{i}.conv{k}.weight               -> res{L+1}.{i}.conv{k}.weight
+    module.layer{L}.{i}.sn{k}.*                      -> res{L+1}.{i}.conv{k}.norm.*
+    module.layer{L}.0.downsample.0.weight            -> res{L+1}.0.shortcut.weight
+    module.layer{L}.0.downsample.1.*                 -> res{L+1}.0.shortcut.norm.*
+    module.fc.{weight,bias}                          -> dropped (ImageNet classifier)
+
+SN weight/bias (1, C, 1, 1) and running stats (1, C, 1) become (C,). The result carries
+``matching_heuristics``, so detectron2 matches ``res5.*`` to ``backbone.bottom_up.res5.*``
+(FPN) or ``roi_heads.res5.*`` (C4) alike.
+"""
+
+import logging
+import os
+import pickle
+import re
+import tempfile
+from collections import OrderedDict
+from typing import Dict, List, Tuple
+
+import torch
+
+__all__ = [
+    "CheckpointConversionError",
+    "SN_AUTHOR",
+    "is_published_sn_state_dict",
+    "load_checkpoint_file",
+    "convert_published_state_dict",
+    "converted_checkpoint",
+    "save_atomically",
+]
+
+logger = logging.getLogger(__name__)
+
+SN_AUTHOR = "sn_det (converted ImageNet SN model)"
+SN_PARAMS = ("weight", "bias", "mean_weight", "var_weight", "running_mean", "running_var")
+# Blocks per stage -> (depth, bottleneck?)
+DEPTHS = {
+    ((3, 4, 6, 3), True): 50,
+    ((3, 4, 23, 3), True): 101,
+    ((3, 8, 36, 3), True): 152,
+    ((2, 2, 2, 2), False): 18,
+    ((3, 4, 6, 3), False): 34,
+}
+
+_KEY = re.compile(
+    r"^(?:conv1\.weight|sn1\.(?P<stem_sn>\w+)"
+    r"|layer(?P<layer>[1-4])\.(?P<block>\d+)\."
+    r"(?:conv(?P<conv>[1-3])\.weight|sn(?P<sn>[1-3])\.(?P<sn_param>\w+)"
+    r"|downsample\.0\.weight|downsample\.1\.(?P<ds_param>\w+)))$"
+)
+
+
+class CheckpointConversionError(ValueError):
+    """A checkpoint that cannot be converted or loaded as asked; one sentence for the user."""
+
+
+def load_checkpoint_file(path: str, warn_unsafe: bool = True) -> dict:
+    """torch.load on the CPU, with ``weights_only`` when the file allows it.
+
+    Args:
+        warn_unsafe: warn when the file needs full unpickling (foreign files); training
+            checkpoints of detectron2 (optimizer and scheduler states) always do.
+
+    Raises:
+        CheckpointConversionError: missing file, or not a PyTorch checkpoint.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointConversionError(f"{path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) and "Weights only" not in str(e):
+            raise CheckpointConversionError(f"{path} is not a PyTorch checkpoint ({e})") from None
+        # Objects beyond tensors and containers (old optimizer states, numpy scalars).
+        if warn_unsafe:
+            logger.warning(
+                f"{path} needs full unpickling (weights_only=False); load only files you trust"
+            )
+    except Exception as e:  # zip/pickle format errors come as several exception types
+        raise CheckpointConversionError(
+            f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})"
+        ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointConversionError(
+            f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _published_state_dict(obj) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The published state dict inside a loaded file without its DataParallel prefix, and
+    that prefix ("module." or "")."""
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not sd:
+        return {}, ""
+    if all(isinstance(k, str) and k.startswith("module.") for k in sd):
+        return OrderedDict((k[len("module.") :], v) for k, v in sd.items()), "module."
+    return sd, ""
+
+
+def is_published_sn_state_dict(obj) -> bool:
+    """Whether a loaded file looks like a published ImageNet SN checkpoint."""
+    sd, _ = _published_state_dict(obj)
+    return "conv1.weight" in sd and "sn1.mean_weight" in sd
+
+
+def _target_key(key: str, old: str) -> Tuple[str, str]:
+    """Published key (without 'module.') -> (detectron2 key, kind) with kind in conv/sn/drop.
+    ``old`` is the key as written in the file, for the error message."""
+    if key.startswith("fc."):
+        return "", "drop"
+    m = _KEY.match(key)
+    if m is None:
+        raise CheckpointConversionError(f"unknown key {old!r} in the checkpoint")
+    if key == "conv1.weight":
+        return "stem.conv1.weight", "conv"
+    if m.group("stem_sn"):
+        return f"stem.conv1.norm.{m.group('stem_sn')}", "sn"
+    stage = f"res{int(m.group('layer')) + 1}.{m.group('block')}"
+    if m.group("conv"):
+        return f"{stage}.conv{m.group('conv')}.weight", "conv"
+    if m.group("sn"):
+        return f"{stage}.conv{m.group('sn')}.norm.{m.group('sn_param')}", "sn"
+    if m.group("ds_param"):
+        return f"{stage}.shortcut.norm.{m.group('ds_param')}", "sn"
+    return f"{stage}.shortcut.weight", "conv"
+
+
+def convert_published_state_dict(obj) -> Tuple["OrderedDict[str, torch.Tensor]", dict, List[str]]:
+    """Convert a loaded published checkpoint (or its state dict).
+
+    Returns:
+        (detectron2 state dict, meta {"depth", "using_bn"}, report lines "old -> new").
+
+    Raises:
+        CheckpointConversionError: not an SN checkpoint, unknown keys, shapes that do not fit,
+            or a mix of layers with and without BN statistics.
+    """
+    sd, prefix = _published_state_dict(obj)
+    if not is_published_sn_state_dict(obj):
+        raise CheckpointConversionError(
+            "this is not a published ImageNet SN checkpoint (expected a 'state_dict' with "
+            "'module.conv1.weight' and 'module.sn1.*' keys)"
+        )
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    report: List[str] = []
+    switch_sizes = set()
+    has_running = set()
+    for key, value in sd.items():
+        old = prefix + key  # as written in the file, for messages
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointConversionError(f"{old!r} holds a {type(value).__name__}, not a tensor")
+        new, kind = _target_key(key, old)
+        if kind == "drop":
+            report.append(f"{old} -> (dropped: ImageNet classifier)")
+            continue
+        param = new.rsplit(".", 1)[1]
+        if kind == "conv":
+            if value.dim() != 4:
+                raise CheckpointConversionError(
+                    f"{old!r} has shape {tuple(value.shape)}; a conv weight is 4-d"
+                )
+        elif param in ("mean_weight", "var_weight"):
+            if value.dim() != 1 or value.numel() not in (2, 3):
+                raise CheckpointConversionError(
+                    f"{old!r} has shape {tuple(value.shape)}; switch weights have 2 or 3 entries"
+                )
+            switch_sizes.add(value.numel())
+        elif param in ("weight", "bias", "running_mean", "running_var"):
+            want = (1, -1, 1, 1) if param in ("weight", "bias") else (1, -1, 1)
+            if value.dim() != len(want) or any(
+                w == 1 and s != 1 for w, s in zip(want, value.shape)
+            ):
+                raise CheckpointConversionError(
+                    f"{old!r} has shape {tuple(value.shape)}; expected {tuple('C' if w < 0 else w for w in want)}"
+                )
+            if param.startswith("running_"):
+                has_running.add(new.rsplit(".", 1)[0])
+            value = value.reshape(-1)
+        else:
+            raise CheckpointConversionError(f"unknown SN parameter in key {old!r}")
+        if new in out:
+            raise CheckpointConversionError(f"two keys convert to {new!r}")
+        out[new] = value.detach().clone()
+        report.append(f"{old} -> {new}")
+
+    if len(switch_sizes) != 1:
+        raise CheckpointConversionError(
+            "the checkpoint mixes SN layers with 2 and 3 switch weights; cannot convert"
+        )
+    using_bn = switch_sizes.pop() == 3
+    if not using_bn and has_running:
+        raise CheckpointConversionError("SN layers without a BN term carry running statistics")
+    # Every SN layer complete: the affine, the switch logits, and with BN both statistics.
+    required = SN_PARAMS if using_bn else SN_PARAMS[:4]
+    norm_layers = sorted({k.rsplit(".", 1)[0] for k in out if ".norm." in k})
+    for layer in norm_layers:
+        for p in required:
+            if f"{layer}.{p}" not in out:
+                raise CheckpointConversionError(f"SN layer {layer!r} lacks {p!r}")
+
+    blocks = [len({k.split(".")[1] for k in out if k.startswith(f"res{s}.")}) for s in range(2, 6)]
+    bottleneck = any(".conv3." in k for k in out)
+    depth = DEPTHS.get((tuple(blocks), bottleneck))
+    if depth is None:
+        raise CheckpointConversionError(
+            f"unsupported ResNet: blocks per stage {blocks}, {'bottleneck' if bottleneck else 'basic'} blocks"
+        )
+    return out, {"depth": depth, "using_bn": using_bn}, report
+
+
+def converted_checkpoint(state_dict, meta) -> dict:
+    """The dict to save, or to hand to a detectron2 checkpointer."""
+    return {
+        "model": state_dict,
+        "__author__": SN_AUTHOR,
+        "matching_heuristics": True,
+        "sn_meta": dict(meta),
+    }
+
+
+def save_atomically(obj, dst: str) -> None:
+    """torch.save to a temporary file next to ``dst``, then rename: no half-written output."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
