@@ -1,0 +1,191 @@
+"""tools/train_net.py as a user runs it: train, --resume, --eval-only, and bad input."""
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
+
+
+def run(*args, timeout=300):
+    proc = subprocess.run(
+        [sys.executable, TRAIN_NET, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def copypaste_results(log):
+    """{task: [AP, AP50, AP75, APs, APm, APl]} from detectron2's 'copypaste' lines."""
+    results, task = {}, None
+    for line in log.splitlines():
+        m = re.search(r"copypaste: Task: (\w+)", line)
+        if m:
+            task = m.group(1)
+            continue
+        m = re.search(r"copypaste: ([-0-9.nan,]+)$", line)
+        if m and task:
+            results[task] = [float(v) for v in m.group(1).split(",")]
+            task = None
+    return results
+
+
+def pycocotools_ap(gt_json, results_json, iou_type):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_json)
+        dt = gt.loadRes(results_json)
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [100 * s for s in ev.stats[:6]]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 4-iteration run with checkpoints every 2 iterations (no evaluation)."""
+    out = str(tmp_path_factory.mktemp("instant"))
+    code, log = run(
+        "--config-file",
+        INSTANT,
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        out,
+    )
+    assert code == 0, log
+    return out, log
+
+
+def test_training_writes_checkpoints(trained):
+    out, log = trained
+    assert "Starting training from iteration 0" in log
+    for name in ("model_0000001.pth", "model_0000003.pth", "model_final.pth", "last_checkpoint"):
+        assert os.path.exists(os.path.join(out, name)), name
+
+
+def test_resume_continues_the_iteration_count(trained):
+    out, _ = trained
+    code, log = run(
+        "--config-file",
+        INSTANT,
+        "--resume",
+        "SOLVER.MAX_ITER",
+        "6",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        out,
+    )
+    assert code == 0, log
+    assert "Starting training from iteration 4" in log, log[-3000:]
+    assert "iter: 5" in log
+
+
+def test_eval_only_prints_the_ap_pycocotools_computes(trained, tmp_path):
+    out, _ = trained
+    eval_dir = str(tmp_path)
+    code, log = run(
+        "--config-file",
+        INSTANT,
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        os.path.join(out, "model_final.pth"),
+        "OUTPUT_DIR",
+        eval_dir,
+    )
+    assert code == 0, log
+    printed = copypaste_results(log)
+    assert set(printed) == {"bbox", "segm"}, log[-3000:]
+    results_json = os.path.join(
+        eval_dir, "inference", "sn_synth_val", "coco_instances_results.json"
+    )
+    with open(results_json) as f:
+        assert len(json.load(f)) > 0, "the model made no predictions; nothing was compared"
+    from detectron2.data import MetadataCatalog
+
+    import sn_det  # noqa: F401  (registers the synthetic dataset)
+
+    gt_json = MetadataCatalog.get("sn_synth_val").json_file
+    for task in ("bbox", "segm"):
+        expected = pycocotools_ap(gt_json, results_json, task)
+        for got, want in zip(printed[task], expected):
+            if want < 0:  # pycocotools' -1: no ground truth in that size range
+                continue
+            assert abs(got - want) < 1e-3, (task, printed[task], expected)
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        (["MODEL.RESNETS.NORM", "SNN"], "MODEL.RESNETS.NORM = 'SNN' is not a known norm type"),
+        (["MODEL.RESNET.NORM", "SN"], "command-line opts: Non-existent key: MODEL.RESNET.NORM"),
+        (["DATASETS.TEST", "('nope',)"], "'nope', which is not a registered dataset"),
+        (["MODEL.DEVICE", "cuda"], "no CUDA GPU is available"),
+    ],
+)
+def test_bad_config_is_one_sentence_and_exit_2(opts, message):
+    if opts[:2] == ["MODEL.DEVICE", "cuda"]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    code, log = run("--config-file", INSTANT, *opts, timeout=120)
+    assert code == 2, log
+    assert message in log
+    assert "Traceback" not in log
+
+
+def test_missing_dataset_path_says_where_and_how(tmp_path):
+    env_root = str(tmp_path / "nowhere")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            TRAIN_NET,
+            "--config-file",
+            INSTANT,
+            "DATASETS.TEST",
+            "('coco_2017_val',)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "DETECTRON2_DATASETS": env_root},
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log
+    assert f"{env_root}/coco/annotations/instances_val2017.json does not exist" in log
+    assert "DETECTRON2_DATASETS" in log and "Traceback" not in log
+
+
+def test_missing_config_file():
+    code, log = run("--config-file", "configs/nope.yaml", timeout=120)
+    assert code == 2 and "cannot read the config file" in log and "does not exist" in log
+    assert "Traceback" not in log
+
+
+def test_key_typo_in_the_config_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f'_BASE_: "{INSTANT}"\nMODEL:\n  RESNETS:\n    NORMM: "SN"\n')
+    code, log = run("--config-file", str(bad), timeout=120)
+    assert code == 2 and f"{bad}: Non-existent config key: MODEL.RESNETS.NORMM" in log, log
+    assert "Traceback" not in log
