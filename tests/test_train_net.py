@@ -45,9 +45,16 @@ def pycocotools_ap(gt_json, results_json, iou_type):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    with open(results_json) as f:
+        results = json.load(f)
+    if iou_type == "segm":
+        # As COCO's evaluation (and detectron2) does: without the box, loadRes takes each
+        # detection's area from its mask, not from its box.
+        for r in results:
+            r.pop("bbox", None)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(gt_json)
-        dt = gt.loadRes(results_json)
+        dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, iou_type)
         ev.evaluate()
         ev.accumulate()

@@ -34,6 +34,4 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        # pycocotools itself, not detectron2's faster C++ COCOeval: that one was seen to print
-        # a different APm than pycocotools on the same results file.
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)

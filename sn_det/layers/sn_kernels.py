@@ -19,7 +19,14 @@ except ImportError as e:  # pragma: no cover - depends on the install
     _C = None
     logger.warning(f"sn_det's CPU kernels are not built ({e}); SN uses slower torch ops on CPU.")
 
-__all__ = ["has_cpu_kernels", "plane_moments", "affine", "backward_reduce", "backward_dx"]
+__all__ = [
+    "has_cpu_kernels",
+    "on_cpu_kernels",
+    "plane_moments",
+    "affine",
+    "backward_reduce",
+    "backward_dx",
+]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -29,7 +36,8 @@ def has_cpu_kernels() -> bool:
     return _C is not None
 
 
-def _on_kernels(*ts: Tensor) -> bool:
+def on_cpu_kernels(*ts: Tensor) -> bool:
+    """Whether the compiled CPU kernels apply to all of these tensors."""
     # Tracing cannot record a pybind call (it would bake its result in as a constant).
     if _C is None or torch.jit.is_tracing():
         return False
@@ -39,7 +47,7 @@ def _on_kernels(*ts: Tensor) -> bool:
 def plane_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-plane mean and unbiased variance, (N, C) each; a 1-element plane has variance 0."""
     n, c, h, w = x.shape
-    if _on_kernels(x) and x.numel() > 0:
+    if on_cpu_kernels(x) and x.numel() > 0:
         return tuple(_C.moments(x.contiguous()))
     var, mean = torch.var_mean(x.reshape(n, c, h * w), dim=2, correction=1 if h * w > 1 else 0)
     return mean, var
@@ -47,7 +55,7 @@ def plane_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """y = x * scale + shift with (N, C) scale/shift broadcast over each plane."""
-    if _on_kernels(x) and x.numel() > 0 and scale.dtype == x.dtype:
+    if on_cpu_kernels(x) and x.numel() > 0 and scale.dtype == x.dtype:
         # Returns a fresh 4-d tensor, never a view: callers apply relu_ to it in place.
         return _C.affine(x.contiguous(), scale.contiguous(), shift.contiguous())
     return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
@@ -56,7 +64,7 @@ def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 def backward_reduce(dy: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-plane sum(dy) and sum(dy * x), (N, C) each."""
     n, c, h, w = x.shape
-    if _on_kernels(dy, x) and x.numel() > 0 and dy.dtype == x.dtype:
+    if on_cpu_kernels(dy, x) and x.numel() > 0 and dy.dtype == x.dtype:
         return tuple(_C.backward_reduce(dy.contiguous(), x.contiguous()))
     dy3, x3 = dy.reshape(n, c, h * w), x.reshape(n, c, h * w)
     # Batched per-plane dot product: no N*C*L temporary as (dy3 * x3).sum(2) would make.
@@ -65,7 +73,7 @@ def backward_reduce(dy: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
 
 def backward_dx(dy: Tensor, x: Tensor, s: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """dx = dy * s + x * a + b with (N, C) coefficients broadcast over each plane."""
-    if _on_kernels(dy, x) and x.numel() > 0 and dy.dtype == x.dtype == s.dtype:
+    if on_cpu_kernels(dy, x) and x.numel() > 0 and dy.dtype == x.dtype == s.dtype:
         return _C.backward_dx(
             dy.contiguous(), x.contiguous(), s.contiguous(), a.contiguous(), b.contiguous()
         )

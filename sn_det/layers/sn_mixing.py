@@ -4,7 +4,9 @@ and its analytic backward.
 Everything here works on per-plane moments, never on the feature map, so it costs O(N*C).
 It is written out by hand (rather than recorded by autograd on every call) because autograd's
 per-op bookkeeping on these tiny tensors used to cost more than the N*C*H*W passes
-themselves at detection shapes. The tests check it against a plain float64 autograd
+themselves at detection shapes. On CPU both directions run as one compiled call each
+(csrc/switch_norm_mix_cpu.cpp, the same math); these torch-op versions serve CUDA and
+builds without the extension. The tests check both against a plain float64 autograd
 reference and with gradcheck.
 
 Notation (all (N, C) unless noted): m = mean_in, v = var_in, q = v + m^2 (E[x^2] per plane),
@@ -17,7 +19,9 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["Mixed", "mix_forward", "mix_backward"]
+from . import sn_kernels
+
+__all__ = ["Mixed", "mix_forward", "mix_backward", "bn_backward"]
 
 
 class Mixed(NamedTuple):
@@ -25,8 +29,8 @@ class Mixed(NamedTuple):
 
     scale: Tensor  # (N, C)
     shift: Tensor  # (N, C)
-    mean_in: Tensor
-    sq_in: Tensor
+    mean_in: Tensor  # (N, C)
+    var_in: Tensor  # (N, C)
     mean_ln: Tensor  # (N, 1)
     var_ln: Tensor  # (N, 1)
     mean_bn: Optional[Tensor]  # (1, C), or None without a BN term
@@ -56,23 +60,32 @@ def mix_forward(
         bn_moments: the BN term's (mean, var), each (1, C): batch moments or running
             statistics; None when the layer has no BN term (K = 2).
     """
-    sq_in = torch.addcmul(var_in, mean_in, mean_in)
-    mean_ln = mean_in.mean(1, keepdim=True)
-    var_ln = sq_in.mean(1, keepdim=True) - mean_ln * mean_ln
-    pm = torch.softmax(mean_weight, 0)
-    pv = torch.softmax(var_weight, 0)
-    mean = pm[0] * mean_in + pm[1] * mean_ln
-    var = pv[0] * var_in + pv[1] * var_ln
-    mean_bn = var_bn = None
-    if bn_moments is not None:
-        mean_bn, var_bn = bn_moments
-        mean = mean + pm[2] * mean_bn
-        var = var + pv[2] * var_bn
-    rstd = torch.rsqrt(var + eps)
-    scale = rstd * weight
-    shift = bias - mean * scale
+    mean_bn, var_bn = bn_moments if bn_moments is not None else (None, None)
+    small = (mean_in, var_in, weight, bias, mean_weight, var_weight)
+    if sn_kernels.on_cpu_kernels(*small) and (mean_bn is None or mean_bn.dtype == mean_in.dtype):
+        empty = mean_in.new_empty(0)
+        scale, shift, mean, rstd, mean_ln, var_ln, pm, pv = sn_kernels._C.mix_forward(
+            *(t.contiguous() for t in small),
+            eps,
+            empty if mean_bn is None else mean_bn.contiguous(),
+            empty if var_bn is None else var_bn.contiguous(),
+        )
+    else:
+        sq_in = torch.addcmul(var_in, mean_in, mean_in)
+        mean_ln = mean_in.mean(1, keepdim=True)
+        var_ln = sq_in.mean(1, keepdim=True) - mean_ln * mean_ln
+        pm = torch.softmax(mean_weight, 0)
+        pv = torch.softmax(var_weight, 0)
+        mean = pm[0] * mean_in + pm[1] * mean_ln
+        var = pv[0] * var_in + pv[1] * var_ln
+        if mean_bn is not None:
+            mean = mean + pm[2] * mean_bn
+            var = var + pv[2] * var_bn
+        rstd = torch.rsqrt(var + eps)
+        scale = rstd * weight
+        shift = bias - mean * scale
     return Mixed(
-        scale, shift, mean_in, sq_in, mean_ln, var_ln, mean_bn, var_bn, pm, pv, mean, rstd, weight
+        scale, shift, mean_in, var_in, mean_ln, var_ln, mean_bn, var_bn, pm, pv, mean, rstd, weight
     )
 
 
@@ -89,6 +102,28 @@ def mix_backward(s: Mixed, g_scale: Tensor, g_shift: Tensor):
         propagates the BN-term gradients into d_mean_in/d_var_in when the BN term came
         from the batch (see :func:`bn_backward`), possibly after summing them over ranks.
     """
+    if sn_kernels.on_cpu_kernels(s.mean_in, s.scale, g_scale, g_shift):
+        empty = s.mean_in.new_empty(0)
+        out = sn_kernels._C.mix_backward(
+            s.mean_in.contiguous(),
+            s.var_in.contiguous(),
+            s.weight.contiguous(),
+            s.mean_ln,
+            s.var_ln,
+            empty if s.mean_bn is None else s.mean_bn.contiguous(),
+            empty if s.var_bn is None else s.var_bn.contiguous(),
+            s.pm,
+            s.pv,
+            s.mean,
+            s.rstd,
+            s.scale,
+            g_scale,
+            g_shift,
+        )
+        if s.mean_bn is None:
+            out[6:] = [None, None]
+        return tuple(out)
+
     n, c = s.mean_in.shape
     d_bias = g_shift.sum(0)
     d_mean = -g_shift * s.scale  # through shift = bias - mean * scale
@@ -100,7 +135,7 @@ def mix_backward(s: Mixed, g_scale: Tensor, g_shift: Tensor):
     d_mean_ln = d_mean.sum(1, keepdim=True)  # (N, 1), before the mixing weight
     d_var_ln = d_var.sum(1, keepdim=True)
     dpm = [(d_mean * s.mean_in).sum(), (d_mean_ln * s.mean_ln).sum()]
-    dpv = [(d_var * (s.sq_in - s.mean_in * s.mean_in)).sum(), (d_var_ln * s.var_ln).sum()]
+    dpv = [(d_var * s.var_in).sum(), (d_var_ln * s.var_ln).sum()]
     d_mean_bn = d_var_bn = None
     if s.mean_bn is not None:
         d_mean_bn = s.pm[2] * d_mean.sum(0, keepdim=True)
@@ -110,14 +145,12 @@ def mix_backward(s: Mixed, g_scale: Tensor, g_shift: Tensor):
     d_mean_weight = _softmax_backward(s.pm, torch.stack(dpm))
     d_var_weight = _softmax_backward(s.pv, torch.stack(dpv))
 
-    # LN term: var_ln = mean_c q - mean_ln^2, mean_ln = mean_c m.
+    # LN term: var_ln = mean_c q - mean_ln^2, mean_ln = mean_c m, with q = v + m^2.
     g_var_ln = s.pv[1] * d_var_ln
     g_mean_ln = s.pm[1] * d_mean_ln - 2 * s.mean_ln * g_var_ln
     d_sq = (g_var_ln / c).expand(n, c)
-    d_mean_in = s.pm[0] * d_mean + g_mean_ln / c
+    d_mean_in = s.pm[0] * d_mean + g_mean_ln / c + 2 * s.mean_in * d_sq
     d_var_in = s.pv[0] * d_var + d_sq
-    # q = v + m^2
-    d_mean_in = d_mean_in + 2 * s.mean_in * d_sq
     return d_mean_in, d_var_in, d_weight, d_bias, d_mean_weight, d_var_weight, d_mean_bn, d_var_bn
 
 

@@ -9,13 +9,18 @@
 // Accumulation uses at::opmath_type (float for float, double for double).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
+#include "sn_ops.h"
+
+#include <algorithm>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kGrain = 1;  // rows are long enough that one row is worth a task
+// Rows per parallel task: enough elements (~32K) that a task outweighs the cost of waking
+// a thread; small maps (ROI heads, late stages) then run inline, as ATen's own kernels do.
+int64_t grain(int64_t len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(len, 1)); }
 
 void check_planes(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
@@ -30,7 +35,7 @@ void moments_impl(const scalar_t* x, scalar_t* mean, scalar_t* var, int64_t rows
   using acc_t = at::opmath_type<scalar_t>;
   // L == 1: the unbiased estimate is 0/0; sn_det defines the variance of one element as 0.
   const acc_t denom = len > 1 ? acc_t(len - 1) : acc_t(1);
-  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* row = x + r * len;
       acc_t s = 0;
@@ -53,7 +58,7 @@ void moments_impl(const scalar_t* x, scalar_t* mean, scalar_t* var, int64_t rows
 template <typename scalar_t>
 void affine_impl(const scalar_t* x, const scalar_t* scale, const scalar_t* shift, scalar_t* y,
                  int64_t rows, int64_t len) {
-  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* xr = x + r * len;
       scalar_t* yr = y + r * len;
@@ -68,7 +73,7 @@ template <typename scalar_t>
 void backward_reduce_impl(const scalar_t* dy, const scalar_t* x, scalar_t* sum_dy, scalar_t* sum_dy_x,
                           int64_t rows, int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* g = dy + r * len;
       const scalar_t* xr = x + r * len;
@@ -87,7 +92,7 @@ void backward_reduce_impl(const scalar_t* dy, const scalar_t* x, scalar_t* sum_d
 template <typename scalar_t>
 void backward_dx_impl(const scalar_t* dy, const scalar_t* x, const scalar_t* s, const scalar_t* a,
                       const scalar_t* b, scalar_t* dx, int64_t rows, int64_t len) {
-  at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* g = dy + r * len;
       const scalar_t* xr = x + r * len;
@@ -98,6 +103,8 @@ void backward_dx_impl(const scalar_t* dy, const scalar_t* x, const scalar_t* s, 
     }
   });
 }
+
+}  // namespace
 
 std::vector<at::Tensor> moments(const at::Tensor& x) {
   check_planes(x, "x");
@@ -153,14 +160,4 @@ at::Tensor backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tens
                                row_len(x));
   });
   return dx;
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "sn_det CPU kernels for Switchable Normalization (rows = N*C planes of length H*W)";
-  m.def("moments", &moments, "per-row mean and unbiased variance");
-  m.def("affine", &affine, "y = x * scale[row] + shift[row]");
-  m.def("backward_reduce", &backward_reduce, "per-row sum(dy), sum(dy * x)");
-  m.def("backward_dx", &backward_dx, "dx = dy * s[row] + x * a[row] + b[row]");
 }

@@ -1,0 +1,14 @@
+// Python bindings of sn_det._C (the only translation unit that needs torch/extension.h).
+#include <torch/extension.h>
+
+#include "sn_ops.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "sn_det CPU kernels for Switchable Normalization";
+  m.def("moments", &moments, "per-plane mean and unbiased variance of (N, C, H, W)");
+  m.def("affine", &affine, "y = x * scale[n, c] + shift[n, c]");
+  m.def("backward_reduce", &backward_reduce, "per-plane sum(dy), sum(dy * x)");
+  m.def("backward_dx", &backward_dx, "dx = dy * s[n, c] + x * a[n, c] + b[n, c]");
+  m.def("mix_forward", &mix_forward, "the (N, C) mixing: scale, shift, mean, rstd, mean_ln, var_ln, pm, pv");
+  m.def("mix_backward", &mix_backward, "its analytic backward");
+}

@@ -1,0 +1,23 @@
+// The CPU operations sn_det._C exposes (bindings.cpp); see the .cpp files for the math.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <vector>
+
+// switch_norm_cpu.cpp: the passes over (N, C, H, W) feature maps.
+std::vector<at::Tensor> moments(const at::Tensor& x);
+at::Tensor affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift);
+std::vector<at::Tensor> backward_reduce(const at::Tensor& dy, const at::Tensor& x);
+at::Tensor backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& s, const at::Tensor& a,
+                       const at::Tensor& b);
+
+// switch_norm_mix_cpu.cpp: the (N, C)-sized mixing and its backward.
+std::vector<at::Tensor> mix_forward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
+                                    const at::Tensor& bias, const at::Tensor& mean_logits,
+                                    const at::Tensor& var_logits, double eps, const at::Tensor& bn_mean,
+                                    const at::Tensor& bn_var);
+std::vector<at::Tensor> mix_backward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
+                                     const at::Tensor& mean_ln, const at::Tensor& var_ln, const at::Tensor& bn_mean,
+                                     const at::Tensor& bn_var, const at::Tensor& pm, const at::Tensor& pv,
+                                     const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale,
+                                     const at::Tensor& g_scale, const at::Tensor& g_shift);

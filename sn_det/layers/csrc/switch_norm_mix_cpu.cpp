@@ -1,0 +1,179 @@
+// CPU version of sn_mixing.py: the (N, C)-sized mixing of SN and its analytic backward, one
+// call each way instead of ~20 and ~60 small torch ops (whose per-op dispatch cost more
+// than the feature-map passes at detection shapes). Same math and notation as
+// sn_mixing.py; both are tested against the same float64 reference.
+#include <ATen/OpMathType.h>
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <vector>
+
+#include "sn_ops.h"
+
+namespace {
+
+template <typename acc_t, typename scalar_t>
+std::vector<acc_t> softmax(const scalar_t* logits, int64_t k) {
+  std::vector<acc_t> p(k);
+  acc_t mx = logits[0], sum = 0;
+  for (int64_t i = 1; i < k; ++i) mx = std::max<acc_t>(mx, logits[i]);
+  for (int64_t i = 0; i < k; ++i) sum += (p[i] = std::exp(acc_t(logits[i]) - mx));
+  for (int64_t i = 0; i < k; ++i) p[i] /= sum;
+  return p;
+}
+
+void check_small(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == like.scalar_type(), name,
+              " must be a contiguous CPU tensor of the input's dtype");
+}
+
+}  // namespace
+
+// Returns scale, shift, mean, rstd (N, C); mean_ln, var_ln (N, 1); pm, pv (K).
+std::vector<at::Tensor> mix_forward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
+                                    const at::Tensor& bias, const at::Tensor& mean_logits,
+                                    const at::Tensor& var_logits, double eps, const at::Tensor& bn_mean,
+                                    const at::Tensor& bn_var) {
+  for (auto* t : {&mean_in, &var_in, &weight, &bias, &mean_logits, &var_logits, &bn_mean, &bn_var}) {
+    check_small(*t, mean_in, "mix_forward argument");
+  }
+  const int64_t n = mean_in.size(0), c = mean_in.size(1), k = mean_logits.numel();
+  const bool has_bn = bn_mean.numel() > 0;
+  TORCH_CHECK(k == (has_bn ? 3 : 2) && var_logits.numel() == k, "switch weights do not match the BN term");
+  auto opts = mean_in.options();
+  auto scale = at::empty({n, c}, opts), shift = at::empty({n, c}, opts);
+  auto mean = at::empty({n, c}, opts), rstd = at::empty({n, c}, opts);
+  auto mean_ln = at::empty({n, 1}, opts), var_ln = at::empty({n, 1}, opts);
+  auto pm_t = at::empty({k}, opts), pv_t = at::empty({k}, opts);
+  AT_DISPATCH_FLOATING_TYPES(mean_in.scalar_type(), "sn_mix_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *m = mean_in.data_ptr<scalar_t>(), *v = var_in.data_ptr<scalar_t>();
+    const scalar_t *w = weight.data_ptr<scalar_t>(), *b = bias.data_ptr<scalar_t>();
+    const scalar_t* bm = has_bn ? bn_mean.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bv = has_bn ? bn_var.data_ptr<scalar_t>() : nullptr;
+    auto pm = softmax<acc_t>(mean_logits.data_ptr<scalar_t>(), k);
+    auto pv = softmax<acc_t>(var_logits.data_ptr<scalar_t>(), k);
+    for (int64_t i = 0; i < k; ++i) {
+      pm_t.data_ptr<scalar_t>()[i] = pm[i];
+      pv_t.data_ptr<scalar_t>()[i] = pv[i];
+    }
+    scalar_t *sc = scale.data_ptr<scalar_t>(), *sh = shift.data_ptr<scalar_t>();
+    scalar_t *mu = mean.data_ptr<scalar_t>(), *rs = rstd.data_ptr<scalar_t>();
+    scalar_t *mln = mean_ln.data_ptr<scalar_t>(), *vln = var_ln.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      acc_t sm = 0, sq = 0;
+      for (int64_t j = 0; j < c; ++j) {
+        const acc_t mj = m[i * c + j];
+        sm += mj;
+        sq += acc_t(v[i * c + j]) + mj * mj;
+      }
+      const acc_t ml = sm / c, vl = sq / c - ml * ml;
+      mln[i] = ml;
+      vln[i] = vl;
+      for (int64_t j = 0; j < c; ++j) {
+        const int64_t ij = i * c + j;
+        acc_t mix_m = pm[0] * acc_t(m[ij]) + pm[1] * ml;
+        acc_t mix_v = pv[0] * acc_t(v[ij]) + pv[1] * vl;
+        if (has_bn) {
+          mix_m += pm[2] * acc_t(bm[j]);
+          mix_v += pv[2] * acc_t(bv[j]);
+        }
+        const acc_t r = acc_t(1) / std::sqrt(mix_v + acc_t(eps));
+        const acc_t s = acc_t(w[j]) * r;
+        mu[ij] = mix_m;
+        rs[ij] = r;
+        sc[ij] = s;
+        sh[ij] = acc_t(b[j]) - mix_m * s;
+      }
+    }
+  });
+  return {scale, shift, mean, rstd, mean_ln, var_ln, pm_t, pv_t};
+}
+
+// Returns d_mean_in, d_var_in (N, C) through IN and LN; d_weight, d_bias (C); d_mean_logits,
+// d_var_logits (K); d_mean_bn, d_var_bn (1, C) (empty without a BN term).
+std::vector<at::Tensor> mix_backward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
+                                     const at::Tensor& mean_ln, const at::Tensor& var_ln, const at::Tensor& bn_mean,
+                                     const at::Tensor& bn_var, const at::Tensor& pm_t, const at::Tensor& pv_t,
+                                     const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale,
+                                     const at::Tensor& g_scale_in, const at::Tensor& g_shift_in) {
+  const at::Tensor g_scale = g_scale_in.contiguous(), g_shift = g_shift_in.contiguous();
+  for (auto* t : {&var_in, &weight, &mean_ln, &var_ln, &bn_mean, &bn_var, &pm_t, &pv_t, &mean, &rstd, &scale,
+                  &g_scale, &g_shift}) {
+    check_small(*t, mean_in, "mix_backward argument");
+  }
+  const int64_t n = mean_in.size(0), c = mean_in.size(1), k = pm_t.numel();
+  const bool has_bn = bn_mean.numel() > 0;
+  auto opts = mean_in.options();
+  auto d_mean_in = at::empty({n, c}, opts), d_var_in = at::empty({n, c}, opts);
+  auto d_weight = at::zeros({c}, opts), d_bias = at::zeros({c}, opts);
+  auto d_ml = at::empty({k}, opts), d_vl = at::empty({k}, opts);
+  auto d_mean_bn = has_bn ? at::empty({1, c}, opts) : at::empty({0}, opts);
+  auto d_var_bn = has_bn ? at::empty({1, c}, opts) : at::empty({0}, opts);
+  AT_DISPATCH_FLOATING_TYPES(mean_in.scalar_type(), "sn_mix_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *m = mean_in.data_ptr<scalar_t>(), *v = var_in.data_ptr<scalar_t>();
+    const scalar_t *w = weight.data_ptr<scalar_t>(), *mln = mean_ln.data_ptr<scalar_t>();
+    const scalar_t *vln = var_ln.data_ptr<scalar_t>(), *mu = mean.data_ptr<scalar_t>();
+    const scalar_t *rs = rstd.data_ptr<scalar_t>(), *sc = scale.data_ptr<scalar_t>();
+    const scalar_t *gs = g_scale.data_ptr<scalar_t>(), *gh = g_shift.data_ptr<scalar_t>();
+    const scalar_t *pm = pm_t.data_ptr<scalar_t>(), *pv = pv_t.data_ptr<scalar_t>();
+    scalar_t *dm = d_mean_in.data_ptr<scalar_t>(), *dv = d_var_in.data_ptr<scalar_t>();
+    scalar_t *dw = d_weight.data_ptr<scalar_t>(), *db = d_bias.data_ptr<scalar_t>();
+    std::vector<acc_t> col_dmean(c, 0), col_dvar(c, 0);
+    acc_t dpm[3] = {0, 0, 0}, dpv[3] = {0, 0, 0};
+    for (int64_t i = 0; i < n; ++i) {
+      acc_t row_dmean = 0, row_dvar = 0;
+      for (int64_t j = 0; j < c; ++j) {  // first: gradients of the mixed mean and variance
+        const int64_t ij = i * c + j;
+        const acc_t r = rs[ij];
+        const acc_t d_mean = -acc_t(gh[ij]) * acc_t(sc[ij]);   // shift = bias - mean * scale
+        const acc_t d_scale = acc_t(gs[ij]) - acc_t(gh[ij]) * acc_t(mu[ij]);
+        const acc_t d_var = d_scale * acc_t(w[j]) * acc_t(-0.5) * r * r * r;
+        db[j] += gh[ij];
+        dw[j] += d_scale * r;
+        row_dmean += d_mean;
+        row_dvar += d_var;
+        col_dmean[j] += d_mean;
+        col_dvar[j] += d_var;
+        dpm[0] += d_mean * acc_t(m[ij]);
+        dpv[0] += d_var * acc_t(v[ij]);
+        dm[ij] = d_mean;  // kept for the second loop
+        dv[ij] = d_var;
+      }
+      dpm[1] += row_dmean * acc_t(mln[i]);
+      dpv[1] += row_dvar * acc_t(vln[i]);
+      // LN term: var_ln = mean_c q - mean_ln^2 with q = v + m^2, mean_ln = mean_c m.
+      const acc_t g_var_ln = acc_t(pv[1]) * row_dvar;
+      const acc_t g_mean_ln = acc_t(pm[1]) * row_dmean - 2 * acc_t(mln[i]) * g_var_ln;
+      const acc_t d_sq = g_var_ln / c;
+      for (int64_t j = 0; j < c; ++j) {
+        const int64_t ij = i * c + j;
+        const acc_t d_mean = dm[ij], d_var = dv[ij];
+        dm[ij] = acc_t(pm[0]) * d_mean + g_mean_ln / c + 2 * acc_t(m[ij]) * d_sq;
+        dv[ij] = acc_t(pv[0]) * d_var + d_sq;
+      }
+    }
+    if (has_bn) {
+      const scalar_t *bm = bn_mean.data_ptr<scalar_t>(), *bv = bn_var.data_ptr<scalar_t>();
+      scalar_t *dbm = d_mean_bn.data_ptr<scalar_t>(), *dbv = d_var_bn.data_ptr<scalar_t>();
+      for (int64_t j = 0; j < c; ++j) {
+        dbm[j] = acc_t(pm[2]) * col_dmean[j];
+        dbv[j] = acc_t(pv[2]) * col_dvar[j];
+        dpm[2] += col_dmean[j] * acc_t(bm[j]);
+        dpv[2] += col_dvar[j] * acc_t(bv[j]);
+      }
+    }
+    // softmax backward: d logit_i = p_i (dp_i - sum_j p_j dp_j)
+    acc_t sm = 0, sv = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      sm += acc_t(pm[i]) * dpm[i];
+      sv += acc_t(pv[i]) * dpv[i];
+    }
+    for (int64_t i = 0; i < k; ++i) {
+      d_ml.data_ptr<scalar_t>()[i] = acc_t(pm[i]) * (dpm[i] - sm);
+      d_vl.data_ptr<scalar_t>()[i] = acc_t(pv[i]) * (dpv[i] - sv);
+    }
+  });
+  return {d_mean_in, d_var_in, d_weight, d_bias, d_ml, d_vl, d_mean_bn, d_var_bn};
+}
