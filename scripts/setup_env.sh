@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 venv=.venv
 stamp="$venv/.sn_det-installed"
 # Inputs that decide what is installed or compiled: pins, setup.py, the C++ kernels.
-want=$(cat constraints.txt setup.py sn_det/layers/csrc/* | sha256sum | cut -d' ' -f1)
+want=$(cat constraints.txt setup.py sn_det/layers/csrc/* "$0" | sha256sum | cut -d' ' -f1)
 
 if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
@@ -51,8 +51,10 @@ echo "[setup] installing the pinned working set into $venv (first time: a few mi
   "pycocotools" "opencv-python-headless" "matplotlib" "tensorboard" "pytest"
 # --no-build-isolation: setup.py compiles sn_det's CPU kernels against the venv's torch.
 echo "[setup] building sn_det and its CPU kernels"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt \
-  --no-build-isolation --no-deps -e .
+# SN_DET_NATIVE=1: this .venv is only ever used on the machine that builds it, so the kernels
+# may use every vector instruction this CPU has (setup.py alone stays portable).
+SN_DET_NATIVE=1 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  -c constraints.txt --no-build-isolation --no-deps -e .
 "$venv/bin/python" -c "import sn_det, detectron2._C" # fail here, not in the middle of a job
 echo "$want" > "$stamp"
 echo "[setup] done: $venv is ready"
