@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     try:
         state_dict, meta, report = convert_published_state_dict(load_checkpoint_file(args.ckpt))
     except CheckpointConversionError as e:
-        print(f"error: {args.ckpt}: {e}", file=sys.stderr)
+        msg = str(e)  # name the file once: loading errors already do
+        print(f"error: {msg if args.ckpt in msg else f'{args.ckpt}: {msg}'}", file=sys.stderr)
         return 2
     for line in report:
         print(line)
