@@ -21,10 +21,13 @@ fi
 
 find_python() {
   local candidates=()
-  [[ -n "${SN_DET_PYTHON:-}" ]] && candidates+=("$SN_DET_PYTHON")
-  candidates+=(python3.10)
-  candidates+=("${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10*/bin/python)
-  candidates+=(/root/.pyenv/versions/3.10*/bin/python /usr/bin/python3.10 /usr/local/bin/python3.10)
+  if [[ -n "${SN_DET_PYTHON:-}" ]]; then
+    candidates=("$SN_DET_PYTHON")  # an explicit choice is the only one tried
+  else
+    candidates+=(python3.10)
+    candidates+=("${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10*/bin/python)
+    candidates+=(/root/.pyenv/versions/3.10*/bin/python /usr/bin/python3.10 /usr/local/bin/python3.10)
+  fi
   local c
   for c in "${candidates[@]}"; do
     if command -v "$c" >/dev/null 2>&1 &&
@@ -37,8 +40,12 @@ find_python() {
 
 if [[ ! -x "$venv/bin/python" ]]; then
   if ! py=$(find_python); then
-    echo "error: sn_det needs Python 3.10 (the detectron2 wheel is cp310) and found none in" \
-         "\$SN_DET_PYTHON, python3.10 on PATH, ~/.pyenv/versions/3.10*, /usr/bin or /usr/local/bin." >&2
+    if [[ -n "${SN_DET_PYTHON:-}" ]]; then
+      echo "error: SN_DET_PYTHON=$SN_DET_PYTHON is not a Python 3.10 with venv (the detectron2 wheel is cp310)." >&2
+    else
+      echo "error: sn_det needs Python 3.10 (the detectron2 wheel is cp310) and found none in" \
+           "python3.10 on PATH, ~/.pyenv/versions/3.10*, /usr/bin or /usr/local/bin; set SN_DET_PYTHON." >&2
+    fi
     exit 1
   fi
   echo "[setup] creating $venv with $py"
