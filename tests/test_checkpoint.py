@@ -171,11 +171,12 @@ def test_loaded_stages_equal_the_reference(published, arch, how):
         # float64: the loaded model computes exactly the published network.
         err64 = ((g64 - e).abs().max() / e.abs().max()).item()
         assert err64 <= 1e-9, f"res{i + 2}: float64 relative error {err64:.3g}"
-        # float32: rounding of 50 layers of random weights alone. Measured here (max error /
-        # max value): res2-res4 < 1e-5, res5 1.1e-5 (with BN) and 2.8e-5 (8x1, where IN
-        # amplifies it), the same with torch's own ops instead of sn_det's kernels.
+        # float32: rounding of 50 layers of random weights alone (float64 above is exact).
+        # Measured here (max error / max value): up to 1.1e-5 with BN and 2.8e-5 for 8x1
+        # (IN amplifies it), the same with torch's own ops in place of sn_det's kernels; the
+        # -march=native build moves it by rounding order (res4, 8x1: 1.2e-5).
         err32 = ((g32.double() - e).abs().max() / e.abs().max()).item()
-        assert err32 <= (1e-5 if i < 3 else 5e-5), f"res{i + 2}: float32 relative error {err32:.3g}"
+        assert err32 <= 5e-5, f"res{i + 2}: float32 relative error {err32:.3g}"
 
 
 def test_mismatched_using_bn_is_refused_naming_the_key(published):
