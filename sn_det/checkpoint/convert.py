@@ -152,7 +152,6 @@ def convert_published_state_dict(obj) -> Tuple["OrderedDict[str, torch.Tensor]",
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     report: List[str] = []
     switch_sizes = set()
-    has_running = set()
     for key, value in sd.items():
         old = prefix + key  # as written in the file, for messages
         if not isinstance(value, torch.Tensor):
@@ -181,8 +180,6 @@ def convert_published_state_dict(obj) -> Tuple["OrderedDict[str, torch.Tensor]",
                 raise CheckpointConversionError(
                     f"{old!r} has shape {tuple(value.shape)}; expected {tuple('C' if w < 0 else w for w in want)}"
                 )
-            if param.startswith("running_"):
-                has_running.add(new.rsplit(".", 1)[0])
             value = value.reshape(-1)
         else:
             raise CheckpointConversionError(f"unknown SN parameter in key {old!r}")
@@ -196,7 +193,7 @@ def convert_published_state_dict(obj) -> Tuple["OrderedDict[str, torch.Tensor]",
             "the checkpoint mixes SN layers with 2 and 3 switch weights; cannot convert"
         )
     using_bn = switch_sizes.pop() == 3
-    if not using_bn and has_running:
+    if not using_bn and any(k.rsplit(".", 1)[1].startswith("running_") for k in out):
         raise CheckpointConversionError("SN layers without a BN term carry running statistics")
     # Every SN layer complete: the affine, the switch logits, and with BN both statistics.
     required = SN_PARAMS if using_bn else SN_PARAMS[:4]
