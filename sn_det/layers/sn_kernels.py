@@ -47,7 +47,9 @@ def on_cpu_kernels(*ts: Tensor) -> bool:
 def plane_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-plane mean and unbiased variance, (N, C) each; a 1-element plane has variance 0."""
     n, c, h, w = x.shape
-    if on_cpu_kernels(x) and x.numel() > 0:
+    if x.numel() == 0:  # no planes (N == 0) or empty planes: nothing to reduce, no warning
+        return x.new_zeros((n, c)), x.new_zeros((n, c))
+    if on_cpu_kernels(x):
         return tuple(_C.moments(x.contiguous()))
     var, mean = torch.var_mean(x.reshape(n, c, h * w), dim=2, correction=1 if h * w > 1 else 0)
     return mean, var

@@ -12,7 +12,7 @@ The autograd Function below owns the large passes (sn_kernels.py: compiled on CP
 ops elsewhere), and only the input x and (N, C)-sized tensors are kept for backward.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +46,7 @@ class _SwitchNormFunction(torch.autograd.Function):
         y = sn_kernels.affine(x, mixed.scale, mixed.shift)
         ctx.save_for_backward(x)
         ctx.mixed, ctx.layer, ctx.batch_count = mixed, layer, batch_count
-        batch_mean, batch_var = layer._batch_stats_for_tracking(mixed, use_batch)
+        batch_mean, batch_var = layer._batch_stats_for_tracking(mixed, batch_count)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
 
@@ -166,7 +166,8 @@ class SwitchNorm2d(nn.Module):
             mean_in: (N, C) per-plane means; sq_in: (N, C) per-plane E[x^2] (var_in + mean_in^2).
 
         Returns:
-            (mean_bn, var_bn), each (1, C), and the number of samples they average over.
+            (mean_bn, var_bn), each (1, C), and the number of samples they average over, or
+            (None, 0) when there is no sample at all (possible only when synchronized).
             Overridden by a synchronized layer.
         """
         mean_bn = mean_in.mean(0, keepdim=True)
@@ -185,7 +186,9 @@ class SwitchNorm2d(nn.Module):
             if use_batch:
                 sq_in = torch.addcmul(var_in, mean_in, mean_in)
                 bn_moments, count = self._batch_moments(mean_in, sq_in)
-            else:
+                if count == 0:  # no sample anywhere: nothing to take statistics of
+                    bn_moments, count = None, None
+            if bn_moments is None:
                 dtype = mean_in.dtype
                 bn_moments = (
                     self.running_mean.to(dtype).view(1, -1),
@@ -202,9 +205,10 @@ class SwitchNorm2d(nn.Module):
         return d_mean_bn, d_var_bn
 
     @staticmethod
-    def _batch_stats_for_tracking(mixed, use_batch: bool) -> Tuple[Tensor, Tensor]:
-        """(C,) batch BN moments to fold into the running statistics, or empty tensors."""
-        if use_batch and mixed.mean_bn is not None:
+    def _batch_stats_for_tracking(mixed, count: Optional[int]) -> Tuple[Tensor, Tensor]:
+        """(C,) batch BN moments to fold into the running statistics, or empty tensors when
+        the BN term did not come from a batch (``count`` is None)."""
+        if count is not None:
             return mixed.mean_bn.view(-1), mixed.var_bn.view(-1)
         empty = mixed.mean_in.new_empty(0)
         return empty, empty
@@ -245,12 +249,14 @@ class SwitchNorm2d(nn.Module):
             ):
                 # Inference, or tracing (which records plain ops, not a Python autograd
                 # Function): the same passes, no backward state to keep.
-                mixed, _ = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
+                mixed, count = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
                 y = sn_kernels.affine(x, mixed.scale, mixed.shift)
-                batch_mean, batch_var = self._batch_stats_for_tracking(mixed, use_batch)
+                batch_mean, batch_var = self._batch_stats_for_tracking(mixed, count)
+                from_batch = count is not None
             else:
                 y, batch_mean, batch_var = _SwitchNormFunction.apply(x, *params, self, use_batch)
-        if use_batch:
+                from_batch = batch_mean.numel() > 0  # empty: the BN term used running stats
+        if from_batch:
             self._track(batch_mean, batch_var)
         return y.to(in_dtype)
 
