@@ -2,13 +2,13 @@
 
 Importing the package registers its builders in detectron2's registries (backbones
 ``build_sn_resnet_backbone``/``build_sn_resnet_fpn_backbone``, heads ``SNFastRCNNConvFCHead``,
-``SNMaskRCNNConvUpsampleHead``, ``SNRes5ROIHeads``) and its norm names ("SN").
+``SNMaskRCNNConvUpsampleHead``, ``SNRes5ROIHeads``) and its norm names ("SN", "SyncSN").
 """
 
 from . import data as _data  # registration: sn_synth_train, sn_synth_val
 from . import modeling as _modeling  # registration: backbones, heads
 from .config import add_sn_config
-from .layers import SwitchNorm2d, register_norm, resolve_norm
+from .layers import SwitchNorm2d, SyncSwitchNorm2d, register_norm, resolve_norm
 
 __version__ = "0.1.0"
-__all__ = ["add_sn_config", "SwitchNorm2d", "register_norm", "resolve_norm"]
+__all__ = ["add_sn_config", "SwitchNorm2d", "SyncSwitchNorm2d", "register_norm", "resolve_norm"]

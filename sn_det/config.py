@@ -5,7 +5,7 @@ from detectron2.config import CfgNode as CN
 
 
 def add_sn_config(cfg: CN) -> CN:
-    """Add ``MODEL.SN.*`` (the layer settings of every norm named "SN") to ``cfg`` in place."""
+    """Add ``MODEL.SN.*`` (the layer settings of every norm named "SN" or "SyncSN") to ``cfg`` in place."""
     _C = cfg
     _C.MODEL.SN = CN()
     # Added to the mixed variance before the square root.

@@ -8,53 +8,7 @@ import torch
 
 from sn_det.layers import SwitchNorm2d
 from sn_reference import reference_switch_norm
-
-RTOL = 1e-9
-
-
-def assert_close(actual, expected, rtol=RTOL, what=""):
-    """Relative error measured against the largest magnitude, so tiny entries don't dominate."""
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    scale = expected.abs().max().clamp_min(1e-12)
-    err = ((actual - expected).abs().max() / scale).item()
-    assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}"
-
-
-def make_layer(c, using_bn=True, moving=True, last_gamma=False, seed=0):
-    """A float64 layer with random (non-default) parameters and running statistics, so every
-    term of the mix and every gradient path carries weight."""
-    g = torch.Generator().manual_seed(seed)
-    m = SwitchNorm2d(c, using_bn=using_bn, using_moving_average=moving, last_gamma=last_gamma)
-    m = m.double()
-    with torch.no_grad():
-        if not last_gamma:
-            m.weight.copy_(torch.rand(c, generator=g, dtype=torch.double) + 0.5)
-        m.bias.copy_(torch.randn(c, generator=g, dtype=torch.double))
-        m.mean_weight.copy_(torch.randn(m.mean_weight.shape, generator=g, dtype=torch.double))
-        m.var_weight.copy_(torch.randn(m.var_weight.shape, generator=g, dtype=torch.double))
-        if using_bn:
-            m.running_mean.copy_(torch.randn(c, generator=g, dtype=torch.double))
-            m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.double) + 0.5)
-    return m
-
-
-def reference_params(m):
-    """Leaf copies of the layer's parameters, for the reference's autograd."""
-    return [
-        p.detach().clone().requires_grad_(True)
-        for p in (m.weight, m.bias, m.mean_weight, m.var_weight)
-    ]
-
-
-def random_input(shape, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    # Offset and scale per channel so IN, LN and BN statistics differ clearly.
-    x = torch.randn(shape, generator=g, dtype=torch.double)
-    x = x * (torch.rand(shape[1], generator=g, dtype=torch.double) * 3 + 0.1).view(1, -1, 1, 1)
-    return (
-        x + torch.randn(shape[1], generator=g, dtype=torch.double).view(1, -1, 1, 1)
-    ).requires_grad_(True)
-
+from sn_testing import assert_close, make_layer, random_input, reference_params
 
 SHAPES = [(1, 3, 4, 5), (2, 8, 7, 3), (4, 5, 2, 2), (3, 16, 9, 11), (2, 4, 1, 6)]
 

@@ -20,6 +20,7 @@ from detectron2.layers import get_norm as d2_get_norm
 from torch import nn
 
 from .switchable_norm import SwitchNorm2d
+from .sync_switch_norm import SyncSwitchNorm2d
 
 __all__ = ["register_norm", "resolve_norm", "get_norm", "known_norm_names", "D2_NORM_NAMES"]
 
@@ -95,7 +96,7 @@ def get_norm(
 
 
 def sn_kwargs(cfg: CfgNode) -> dict:
-    """SwitchNorm2d constructor arguments from ``cfg.MODEL.SN``."""
+    """SwitchNorm2d/SyncSwitchNorm2d constructor arguments from ``cfg.MODEL.SN``."""
     sn = cfg.MODEL.SN
     return dict(
         eps=sn.EPS,
@@ -108,3 +109,9 @@ def sn_kwargs(cfg: CfgNode) -> dict:
 @register_norm("SN")
 def _switch_norm(cfg: CfgNode) -> NormFactory:
     return functools.partial(SwitchNorm2d, **sn_kwargs(cfg))
+
+
+@register_norm("SyncSN")
+def _sync_switch_norm(cfg: CfgNode) -> NormFactory:
+    # BN-term statistics over all ranks of the default process group (detectron2's launch).
+    return functools.partial(SyncSwitchNorm2d, **sn_kwargs(cfg))
