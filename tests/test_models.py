@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 
 from sn_det import add_sn_config
 from sn_det.engine import get_sn_optimizer_params
-from sn_det.layers import SwitchNorm2d
+from sn_det.layers import SwitchNorm2d, SyncSwitchNorm2d
 from sn_det.modeling import check_norm_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,7 @@ SN_RECIPES = {
     "scratch_faster_rcnn_R_50_C4_3x_sn.yaml": ({"backbone", "res5"}, True),
     "scratch_faster_rcnn_R_50_FPN_3x_sn.yaml": ({"backbone", "fpn"}, True),
     "scratch_mask_rcnn_R_50_FPN_3x_sn.yaml": ({"backbone", "fpn", "box_head", "mask_head"}, True),
+    "mask_rcnn_R_50_FPN_2x_syncsn.yaml": ({"backbone", "fpn", "box_head", "mask_head"}, True),
 }
 
 
@@ -59,7 +60,7 @@ def part_of(name):
 
 
 def test_every_config_is_tested():
-    assert len(CONFIGS) >= 7 + 4 + 2
+    assert len(CONFIGS) >= 8 + 4 + 2
     for recipe in SN_RECIPES:
         assert os.path.join("configs", "sn_baselines", recipe) in CONFIGS
 
@@ -95,6 +96,8 @@ def test_sn_recipes_put_sn_exactly_where_listed(recipe):
             part = part_of(name)
             assert part in where, f"{recipe}: unexpected SN at {name}"
             assert m.using_bn == using_bn, name
+            # Recipes named "syncsn" synchronize every SN layer, the others none.
+            assert isinstance(m, SyncSwitchNorm2d) == ("syncsn" in recipe), name
             seen.add(part)
         if isinstance(m, Conv2d) and part_of(name) in where and m.norm is not None:
             assert m.bias is None, f"{name} has a bias although a norm follows"

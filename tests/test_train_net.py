@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -105,6 +106,47 @@ def test_resume_continues_the_iteration_count(trained):
     assert code == 0, log
     assert "Starting training from iteration 4" in log, log[-3000:]
     assert "iter: 5" in log
+
+
+def test_two_processes_with_sync_sn_train_once_and_evaluate_on_both(tmp_path):
+    """--num-gpus 2 on a CPU machine: two gloo processes through detectron2's launch, SyncSN
+    in backbone and FPN (the heads keep plain SN), one image per process."""
+    out = str(tmp_path)
+    code, log = run(
+        "--num-gpus",
+        "2",
+        "--config-file",
+        INSTANT,
+        "MODEL.RESNETS.NORM",
+        "SyncSN",
+        "MODEL.FPN.NORM",
+        "SyncSN",
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "OUTPUT_DIR",
+        out,
+        timeout=600,
+    )
+    assert code == 0, log[-5000:]
+    checkpoints = sorted(f for f in os.listdir(out) if f.endswith(".pth"))
+    assert checkpoints == ["model_0000001.pth", "model_0000003.pth", "model_final.pth"]
+    with open(os.path.join(out, "log.txt")) as f:
+        main_log = f.read()
+    with open(os.path.join(out, "log.txt.rank1")) as f:
+        rank1_log = f.read()
+    # Written once, by the main process only.
+    assert main_log.count("Saving checkpoint to") == 3
+    assert "Saving checkpoint to" not in rank1_log
+    # Both ranks evaluate their half of the 60 validation images.
+    assert "Start inference on 30 batches" in main_log
+    assert "Start inference on 30 batches" in rank1_log
+    with open(os.path.join(out, "metrics.json")) as f:
+        losses = [json.loads(line).get("total_loss") for line in f]
+    losses = [v for v in losses if v is not None]
+    assert len(losses) >= 1 and all(math.isfinite(v) for v in losses), losses
+    assert "segm" in copypaste_results(log)
 
 
 def test_eval_only_prints_the_ap_pycocotools_computes(trained, tmp_path):

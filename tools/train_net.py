@@ -9,6 +9,7 @@ checkpoints and metrics to OUTPUT_DIR; every test set is evaluated with COCOEval
 import sys
 
 import detectron2.utils.comm as comm
+import torch.distributed as dist
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
@@ -22,6 +23,9 @@ EXAMPLES = """examples:
   tools/train_net.py --config-file CFG --resume
   # evaluate a checkpoint:
   tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+  # two processes on a CPU-only machine (gloo), the BN term of SN synchronized over both:
+  tools/train_net.py --num-gpus 2 --config-file configs/quick_schedules/mask_rcnn_sn_instant_test.yaml \\
+      MODEL.RESNETS.NORM SyncSN MODEL.FPN.NORM SyncSN
   # the seed's recipe on 8 GPUs:
   tools/train_net.py --num-gpus 8 --config-file configs/sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml
 """
@@ -46,10 +50,16 @@ def main(args):
 
 def _main_or_exit(args):
     try:
-        return main(args)
+        result = main(args)
     except (ConfigError, CheckpointConversionError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if comm.get_world_size() > 1:
+        # A rank can leave its last collective while a peer is still reading from it; exiting
+        # then may abort or hang the peer (seen with gloo). Meet, then take the group down.
+        comm.synchronize()
+        dist.destroy_process_group()
+    return result
 
 
 def invoke_main() -> None:

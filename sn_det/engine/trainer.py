@@ -1,8 +1,11 @@
 """The training loop: detectron2's DefaultTrainer with SN-aware optimizer and COCO evaluation."""
 
+import contextlib
 import os
 import weakref
+from unittest import mock
 
+import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 
@@ -19,7 +22,8 @@ class Trainer(DefaultTrainer):
     ImageNet SN models load directly and completely)."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
+        with _ddp_for_any_device():
+            super().__init__(cfg)
         # DefaultTrainer builds a plain DetectionCheckpointer; loading goes through ours.
         # (The periodic-checkpoint hook keeps the plain one: saving is identical.)
         self.checkpointer = SNDetectionCheckpointer(
@@ -35,3 +39,23 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+@contextlib.contextmanager
+def _ddp_for_any_device():
+    """Let DefaultTrainer wrap a CPU model in DistributedDataParallel.
+
+    detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which DDP
+    rejects for a CPU module; multi-process CPU training (``--num-gpus 2`` with gloo) needs
+    ``device_ids=None``. Only DefaultTrainer.__init__'s call is redirected, and GPU models get
+    exactly detectron2's arguments.
+    """
+    create = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if "device_ids" not in kwargs and next(model.parameters()).device.type == "cpu":
+            kwargs["device_ids"] = None
+        return create(model, **kwargs)
+
+    with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model):
+        yield
