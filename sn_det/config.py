@@ -5,7 +5,8 @@ from detectron2.config import CfgNode as CN
 
 
 def add_sn_config(cfg: CN) -> CN:
-    """Add ``MODEL.SN.*`` (the layer settings of every norm named "SN" or "SyncSN") to ``cfg`` in place."""
+    """Add ``MODEL.SN.*`` (the layer settings of every norm named "SN" or "SyncSN"),
+    ``SOLVER.WEIGHT_DECAY_SWITCH`` and ``TEST.SN_BATCH_AVG.*`` to ``cfg`` in place."""
     _C = cfg
     _C.MODEL.SN = CN()
     # Added to the mixed variance before the square root.
@@ -26,4 +27,13 @@ def add_sn_config(cfg: CN) -> CN:
     # Weight decay of the SN switch logits (mean_weight, var_weight); the seed used 0. SN's
     # weight/bias follow SOLVER.WEIGHT_DECAY_NORM like detectron2's norms.
     _C.SOLVER.WEIGHT_DECAY_SWITCH = 0.0
+
+    # Batch-average statistics for SN (the seed's TEST.USE_BATCH_AVG), SN's counterpart of
+    # TEST.PRECISE_BN: before every evaluation (training at TEST.EVAL_PERIOD and at the end,
+    # and tools/train_net.py --eval-only), the BN-term running statistics of every SN layer
+    # are recomputed as pooled statistics of NUM_ITER training-mode forwards, without grad.
+    _C.TEST.SN_BATCH_AVG = CN()
+    _C.TEST.SN_BATCH_AVG.ENABLED = False
+    # Number of training batches (each of SOLVER.IMS_PER_BATCH images over all processes).
+    _C.TEST.SN_BATCH_AVG.NUM_ITER = 200
     return cfg

@@ -38,7 +38,7 @@ def main(args):
         SNDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        res = Trainer.test(cfg, model)
+        res = Trainer.test_with_sn_batch_average(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res

@@ -1,5 +1,18 @@
+from .batch_average import batch_average_layers, recompute_sn_batch_statistics
+from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer, get_sn_optimizer_params
-from .setup import ConfigError, setup_cfg
+from .setup import ConfigError, load_cfg, setup_cfg
 from .trainer import Trainer
 
-__all__ = ["ConfigError", "Trainer", "build_sn_optimizer", "get_sn_optimizer_params", "setup_cfg"]
+__all__ = [
+    "ConfigError",
+    "SNBatchAverage",
+    "SNImportanceLogger",
+    "Trainer",
+    "batch_average_layers",
+    "build_sn_optimizer",
+    "get_sn_optimizer_params",
+    "load_cfg",
+    "recompute_sn_batch_statistics",
+    "setup_cfg",
+]

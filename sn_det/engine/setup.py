@@ -4,14 +4,16 @@ import os
 
 
 import torch
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_sn_config
 from ..data import prepare_datasets
 from ..modeling import check_norm_config
 
-__all__ = ["setup_cfg", "ConfigError"]
+__all__ = ["setup_cfg", "load_cfg", "ConfigError"]
 
 
 class ConfigError(Exception):
@@ -33,6 +35,28 @@ def _check_weights(cfg, resume: bool) -> None:
     )
 
 
+def load_cfg(config_file: str, opts=()) -> CfgNode:
+    """get_cfg + sn_det's keys + the file + ``KEY VALUE`` opts, not frozen and not checked
+    beyond parsing (for tools that only build a model, e.g. tools/visualize_sn.py).
+
+    Raises:
+        ConfigError: a missing or unreadable file, a key typo or a wrongly typed value.
+    """
+    cfg = get_cfg()
+    add_sn_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except (FileNotFoundError, AssertionError) as e:  # detectron2 asserts the file exists
+        raise ConfigError(f"cannot read the config file: {e}") from None
+    except (KeyError, ValueError) as e:  # yacs: "Non-existent config key: MODEL.FOO", types
+        raise ConfigError(f"{config_file}: {e.args[0] if e.args else e}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:  # key typos, types, odd-length opts
+        raise ConfigError(f"command-line opts: {e.args[0] if e.args else e}") from None
+    return cfg
+
+
 def setup_cfg(args, default=True):
     """get_cfg + MODEL.SN keys + the file + the trailing KEY VALUE opts, checked and frozen.
 
@@ -44,18 +68,7 @@ def setup_cfg(args, default=True):
         ConfigError: a missing or unreadable config file, a key typo, an unknown norm or
             dataset, a missing dataset path, or a CUDA device on a machine without one.
     """
-    cfg = get_cfg()
-    add_sn_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-    except (FileNotFoundError, AssertionError) as e:  # detectron2 asserts the file exists
-        raise ConfigError(f"cannot read the config file: {e}") from None
-    except (KeyError, ValueError) as e:  # yacs: "Non-existent config key: MODEL.FOO", types
-        raise ConfigError(f"{args.config_file}: {e.args[0] if e.args else e}") from None
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError) as e:  # key typos, types, odd-length opts
-        raise ConfigError(f"command-line opts: {e.args[0] if e.args else e}") from None
+    cfg = load_cfg(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA GPU is available; "
@@ -70,4 +83,9 @@ def setup_cfg(args, default=True):
     cfg.freeze()
     if default:
         default_setup(cfg, args)
+        # default_setup configures detectron2's and fvcore's loggers; sn_det's progress
+        # messages (batch averaging, checkpoint conversion) go to the same console and log.
+        setup_logger(
+            cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sn_det", abbrev_name="sn"
+        )
     return cfg

@@ -7,9 +7,12 @@ from unittest import mock
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import DefaultTrainer
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 
 from ..checkpoint import SNDetectionCheckpointer
+from .batch_average import recompute_sn_batch_statistics
+from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer
 
 __all__ = ["Trainer"]
@@ -19,7 +22,9 @@ class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with SN parameters grouped like norms in the optimizer, every test
     set evaluated by ``COCOEvaluator`` (box AP, and mask AP when masks are predicted), and
     ``MODEL.WEIGHTS``/``--resume`` loaded by :class:`SNDetectionCheckpointer` (published
-    ImageNet SN models load directly and completely)."""
+    ImageNet SN models load directly and completely), SN batch-average statistics before
+    evaluation when ``TEST.SN_BATCH_AVG.ENABLED``, and SN importance ratios logged at every
+    evaluation. Multi-process training works on CPU-only machines too (gloo)."""
 
     def __init__(self, cfg):
         with _ddp_for_any_device():
@@ -29,6 +34,47 @@ class Trainer(DefaultTrainer):
         self.checkpointer = SNDetectionCheckpointer(
             self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
+
+    def build_hooks(self):
+        """detectron2's hooks, plus SN batch averaging (if TEST.SN_BATCH_AVG.ENABLED) where
+        PreciseBN sits (before checkpointing and evaluation), and importance-ratio logging
+        before the writers."""
+        ret = super().build_hooks()
+        cfg = self.cfg
+        period = cfg.TEST.EVAL_PERIOD
+        if cfg.TEST.SN_BATCH_AVG.ENABLED:
+            after = next(i for i, h in enumerate(ret) if isinstance(h, d2_hooks.LRScheduler))
+            ret.insert(
+                after + 1,
+                SNBatchAverage(
+                    period,
+                    self.model,
+                    self._batch_average_loader(cfg),  # its own: training batches unchanged
+                    cfg.TEST.SN_BATCH_AVG.NUM_ITER,
+                ),
+            )
+        writers = [i for i, h in enumerate(ret) if isinstance(h, d2_hooks.PeriodicWriter)]
+        ret.insert(writers[0] if writers else len(ret), SNImportanceLogger(period, self.model))
+        return ret
+
+    @classmethod
+    def test_with_sn_batch_average(cls, cfg, model):
+        """Evaluate as :meth:`test`, first recomputing SN batch-average statistics when
+        TEST.SN_BATCH_AVG.ENABLED (the --eval-only and continuous-evaluation path)."""
+        if cfg.TEST.SN_BATCH_AVG.ENABLED:
+            recompute_sn_batch_statistics(
+                model, iter(cls._batch_average_loader(cfg)), cfg.TEST.SN_BATCH_AVG.NUM_ITER
+            )
+        return cls.test(cfg, model)
+
+    @classmethod
+    def _batch_average_loader(cls, cfg):
+        """A training data loader for batch averaging, in the main process (as detectron2
+        builds PreciseBN's: no worker processes to start for a few hundred batches)."""
+        loader_cfg = cfg.clone()
+        loader_cfg.defrost()
+        loader_cfg.DATALOADER.NUM_WORKERS = 0
+        return cls.build_train_loader(loader_cfg)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -151,6 +151,11 @@ class SwitchNorm2d(nn.Module):
             )
 
     # ------------------------------------------------------------------ statistics
+    def is_synchronized(self) -> bool:
+        """Whether the BN-term moments of a training forward are shared by all ranks (then
+        the running statistics are identical everywhere without further communication)."""
+        return False
+
     def _uses_batch_statistics(self, x: Tensor) -> bool:
         """Whether the BN term comes from this batch (else from the running statistics).
 

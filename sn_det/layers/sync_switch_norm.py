@@ -80,6 +80,9 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         group = self.process_group if self.process_group is not None else dist.group.WORLD
         return group if dist.get_world_size(group) > 1 else None
 
+    def is_synchronized(self) -> bool:
+        return self._sync_group() is not None
+
     def _uses_batch_statistics(self, x: Tensor) -> bool:
         if self._sync_group() is None:
             return super()._uses_batch_statistics(x)

@@ -6,6 +6,7 @@ from .backbone import (
     freeze_sn_stages,
     zero_init_last_sn,
 )
+from .importance import GROUPS, TERMS, LayerImportance, importance_ratios, layer_group
 from .norm_config import NORM_KEYS, check_norm_config, with_resolved_norms
 from .roi_heads import SNFastRCNNConvFCHead, SNMaskRCNNConvUpsampleHead, SNRes5ROIHeads
 
