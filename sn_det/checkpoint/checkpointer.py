@@ -69,6 +69,35 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
                 )
         return incompatible
 
+    def load_weights_strictly(self, path: str) -> dict:
+        """Load only the model weights of ``path`` (no optimizer or scheduler state) and fail
+        when any SN parameter or statistic of the model is missing from it or has another
+        shape, where detectron2 would only warn (tools that read the SN layers need them all).
+
+        Returns:
+            the checkpoint dict (``iteration`` and other extra state included).
+
+        Raises:
+            CheckpointConversionError: an unreadable file or an incomplete SN state.
+        """
+        self.logger.info(f"Loading weights from {path} ...")
+        checkpoint = self._load_file(path)
+        incompatible = self._load_model(checkpoint)
+        sn_keys = {
+            f"{name}.{key}"
+            for name, m in self.model.named_modules()
+            if isinstance(m, SwitchNorm2d)
+            for key in m.state_dict()
+        }
+        bad = [k for k in incompatible.missing_keys if k in sn_keys]
+        bad += [k for k, *_ in incompatible.incorrect_shapes if k in sn_keys]
+        if bad:
+            raise CheckpointConversionError(
+                f"{path} does not hold the SN layers of this model: {len(bad)} entries missing "
+                f"or of another shape, e.g. {bad[:3]} (is it the checkpoint of this config?)"
+            )
+        return checkpoint
+
     def _check_switch_layout(self, ckpt_using_bn: bool) -> None:
         for name, m in self.model.named_modules():
             if (

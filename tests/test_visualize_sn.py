@@ -1,0 +1,94 @@
+"""tools/visualize_sn.py: chart, CSV and markdown of a trained checkpoint's importance ratios,
+checked against a softmax of the checkpoint's switch logits computed here."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(REPO, "tools", "visualize_sn.py")
+INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
+OUTPUTS = {"sn_importance.png", "sn_importance.csv", "sn_importance.md"}
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, TOOL, *args], capture_output=True, text=True, timeout=180, cwd=REPO
+    )
+
+
+def test_chart_and_tables_of_a_trained_checkpoint(instant_run, tmp_path):
+    ckpt = os.path.join(instant_run[0], "model_final.pth")
+    out = str(tmp_path / "vis")
+    proc = run("--ckpt", ckpt, "--config-file", INSTANT, "--out", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert set(os.listdir(out)) == OUTPUTS
+
+    # Expected: every SN layer of the checkpoint, softmax of its logits in float64.
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+    layers = [k[: -len(".mean_weight")] for k in state if k.endswith(".mean_weight")]
+    assert len(layers) > 20
+    with open(os.path.join(out, "sn_importance.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["layer"] for r in rows) == sorted(layers)
+    for r in rows:
+        for stat in ("mean", "var"):
+            expected = torch.softmax(state[f"{r['layer']}.{stat}_weight"].double(), 0)
+            got = torch.tensor([float(r[f"{stat}_{t}"]) for t in ("IN", "LN", "BN")])
+            assert torch.allclose(got, expected.float(), atol=2e-6), (r["layer"], stat)
+
+    # Network order, grouped: stem, stages, FPN, then the mask head.
+    groups = [r["group"] for r in rows]
+    order = ["stem", "res2", "res3", "res4", "res5", "FPN", "mask head"]
+    assert [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g] == order
+    assert rows[0]["layer"] == "backbone.bottom_up.stem.conv1.norm"
+
+    with open(os.path.join(out, "sn_importance.md")) as f:
+        table = f.read()
+    assert table.count("\n| ") == len(rows) + 1  # header + one line per layer
+    assert "`backbone.bottom_up.res5.1.conv2.norm`" in table
+
+    import matplotlib.image
+
+    image = matplotlib.image.imread(os.path.join(out, "sn_importance.png"))
+    assert image.shape[0] > 400 and image.shape[1] > 800
+
+
+def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(instant_run, tmp_path):
+    ckpt = os.path.join(instant_run[0], "model_final.pth")
+    cases = [
+        (["--ckpt", str(tmp_path / "missing.pth"), "--config-file", INSTANT], "does not exist"),
+        (
+            # An R-50 model: the R-18 checkpoint does not hold its SN layers.
+            [
+                "--ckpt",
+                ckpt,
+                "--config-file",
+                os.path.join(
+                    REPO, "configs", "sn_baselines", "scratch_mask_rcnn_R_50_FPN_3x_sn.yaml"
+                ),
+            ],
+            "does not hold the SN layers of this model",
+        ),
+        (
+            [
+                "--ckpt",
+                ckpt,
+                "--config-file",
+                os.path.join(
+                    REPO, "configs", "reference_baselines", "mask_rcnn_R_50_FPN_2x_gn.yaml"
+                ),
+            ],
+            "has no SN layer",
+        ),
+    ]
+    for args, message in cases:
+        out = tmp_path / "vis"
+        proc = run(*args, "--out", str(out))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+        assert not out.exists()
