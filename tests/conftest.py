@@ -1,9 +1,49 @@
 import os
+import subprocess
 import sys
 
+import pytest
 import torch
 
 # Tests import their plain reference implementations (sn_reference.py) from this folder.
 sys.path.insert(0, os.path.dirname(__file__))
 # 2-core CI machines: keep intra-op threads bounded and runs reproducible.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
+
+
+@pytest.fixture(scope="session")
+def instant_run(tmp_path_factory):
+    """A 4-iteration training run of the instant config with checkpoints every 2 iterations
+    (model_0000001.pth, model_0000003.pth, model_final.pth) and no evaluation, shared by the
+    tests that need a trained checkpoint. Tests that change the folder copy it first.
+
+    Returns:
+        (output folder, training log).
+    """
+    out = str(tmp_path_factory.mktemp("instant_run"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "train_net.py"),
+            "--config-file",
+            INSTANT,
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    return out, log
