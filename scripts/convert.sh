@@ -3,14 +3,18 @@
 # convert.sh). Usage: bash scripts/convert.sh DIR_WITH_PUBLISHED_PTH [OUT_DIR=pretrained]
 # Expects DIR/resnet50_sn_8x32.pth and/or DIR/resnet50_sn_8x1.pth; converts each one found.
 set -euo pipefail
-src=${1:?usage: scripts/convert.sh DIR_WITH_PUBLISHED_PTH [OUT_DIR]}
+if [[ $# -lt 1 ]]; then
+  echo "usage: scripts/convert.sh DIR_WITH_PUBLISHED_PTH [OUT_DIR]" >&2
+  exit 2
+fi
+src=$1
 dst=${2:-pretrained}
-cd "$(dirname "$0")/.."
+root=$(cd "$(dirname "$0")/.." && pwd)  # paths given by the caller stay relative to $PWD
 found=0
 for name in resnet50_sn_8x32 resnet50_sn_8x1 resnet101_sn_8x32; do
   if [[ -f "$src/$name.pth" ]]; then
     found=1
-    .venv/bin/python tools/convert_sn_to_d2.py --ckpt "$src/$name.pth" --dst "$dst/$name.pth"
+    "$root/.venv/bin/python" "$root/tools/convert_sn_to_d2.py" --ckpt "$src/$name.pth" --dst "$dst/$name.pth"
   fi
 done
 if [[ $found == 0 ]]; then
