@@ -1,10 +1,8 @@
 """Published ImageNet SN checkpoints: conversion, direct loading, exact equivalence, refusals."""
 
-import math
 import os
 import subprocess
 import sys
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from detectron2.modeling import build_model
 
 from sn_det import add_sn_config
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
+from published_models import BLOCKS, published_resnet50
 from sn_reference import reference_switch_norm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,47 +21,6 @@ RECIPES = {
     "C4": "configs/sn_baselines/faster_rcnn_R_50_C4_2x_sn.yaml",
     "FPN": "configs/sn_baselines/faster_rcnn_R_50_FPN_2x_sn.yaml",
 }
-BLOCKS, PLANES = (3, 4, 6, 3), (64, 128, 256, 512)
-
-
-def published_resnet50(using_bn: bool, seed: int = 0) -> dict:
-    """A random ResNet-50v1+SN in the authors' published layout (DataParallel keys)."""
-    g = torch.Generator().manual_seed(seed)
-    k = 3 if using_bn else 2
-    sd = OrderedDict()
-
-    def conv(name, cout, cin, ksize):
-        std = math.sqrt(2.0 / (cin * ksize * ksize))
-        sd[f"module.{name}.weight"] = torch.randn(cout, cin, ksize, ksize, generator=g) * std
-
-    def sn(name, c):
-        sd[f"module.{name}.weight"] = torch.rand(1, c, 1, 1, generator=g) + 0.5
-        sd[f"module.{name}.bias"] = torch.randn(1, c, 1, 1, generator=g) * 0.1
-        sd[f"module.{name}.mean_weight"] = torch.randn(k, generator=g)
-        sd[f"module.{name}.var_weight"] = torch.randn(k, generator=g)
-        if using_bn:
-            sd[f"module.{name}.running_mean"] = torch.randn(1, c, 1, generator=g) * 0.2
-            sd[f"module.{name}.running_var"] = torch.rand(1, c, 1, generator=g) + 0.5
-
-    conv("conv1", 64, 3, 7)
-    sn("sn1", 64)
-    inplanes = 64
-    for layer, (blocks, planes) in enumerate(zip(BLOCKS, PLANES), start=1):
-        for i in range(blocks):
-            p = f"layer{layer}.{i}"
-            conv(f"{p}.conv1", planes, inplanes, 1)
-            sn(f"{p}.sn1", planes)
-            conv(f"{p}.conv2", planes, planes, 3)
-            sn(f"{p}.sn2", planes)
-            conv(f"{p}.conv3", planes * 4, planes, 1)
-            sn(f"{p}.sn3", planes * 4)
-            if i == 0:
-                conv(f"{p}.downsample.0", planes * 4, inplanes, 1)
-                sn(f"{p}.downsample.1", planes * 4)
-            inplanes = planes * 4
-    sd["module.fc.weight"] = torch.randn(1000, 2048, generator=g) * 0.01
-    sd["module.fc.bias"] = torch.zeros(1000)
-    return {"epoch": 100, "arch": "resnet50", "state_dict": sd}
 
 
 def reference_resnet50(sd: dict, x: torch.Tensor):

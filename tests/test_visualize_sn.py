@@ -92,3 +92,28 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(instant_run, tmp_pa
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
         assert not out.exists()
+
+
+def test_a_published_imagenet_model_shows_its_resnet(tmp_path):
+    from published_models import published_resnet50
+
+    ckpt = str(tmp_path / "resnet50_sn_8x32.pth")
+    published = published_resnet50(using_bn=True)
+    torch.save(published, ckpt)
+    out = str(tmp_path / "vis")
+    recipe = os.path.join(REPO, "configs", "sn_baselines", "faster_rcnn_R_50_FPN_2x_sn.yaml")
+    proc = run("--ckpt", ckpt, "--config-file", recipe, "--out", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(os.path.join(out, "sn_importance.csv")) as f:
+        rows = list(csv.DictReader(f))
+    # 1 stem + 16 blocks x 3 + 4 shortcuts: the ResNet-50's SN layers, no FPN.
+    assert len(rows) == 53 and {r["group"] for r in rows} == {
+        "stem",
+        "res2",
+        "res3",
+        "res4",
+        "res5",
+    }
+    stem = torch.softmax(published["state_dict"]["module.sn1.var_weight"].double(), 0)
+    got = torch.tensor([float(rows[0][f"var_{t}"]) for t in ("IN", "LN", "BN")])
+    assert torch.allclose(got, stem.float(), atol=2e-6)

@@ -21,18 +21,19 @@ import tempfile
 
 from detectron2.modeling import build_model
 
-from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
+from sn_det.checkpoint import SN_AUTHOR, CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.engine import ConfigError, load_cfg
 from sn_det.modeling import TERMS, check_norm_config, importance_ratios
 
 EXAMPLES = """examples:
   tools/visualize_sn.py --ckpt output/demo/model_final.pth \\
       --config-file configs/demo/mask_rcnn_R_18_FPN_sn_synthetic.yaml --out output/demo/sn
-  # a published ImageNet SN model (converted in memory):
+  # a published ImageNet SN model (converted in memory; its ResNet's SN layers):
   tools/visualize_sn.py --ckpt resnet50_sn_8x32.pth \\
       --config-file configs/sn_baselines/faster_rcnn_R_50_FPN_2x_sn.yaml --out sn_8x32
 """
 
+RESNET_GROUPS = ("stem", "res2", "res3", "res4", "res5", "res5 head")
 COLORS = {"IN": "#4c72b0", "LN": "#dd8452", "BN": "#55a868"}
 COLUMNS = [f"{stat}_{term}" for stat in ("mean", "var") for term in TERMS]
 
@@ -61,8 +62,12 @@ def load_rows(args):
     model = build_model(cfg)
     if not importance_ratios(model):
         raise ConfigError(f"the model of {args.config_file} has no SN layer to visualize")
-    SNDetectionCheckpointer(model).load_weights_strictly(args.ckpt)
-    return importance_ratios(model)
+    checkpoint = SNDetectionCheckpointer(model).load_weights_strictly(args.ckpt)
+    rows = importance_ratios(model)
+    if checkpoint.get("__author__") == SN_AUTHOR:
+        # An ImageNet SN backbone: the FPN and head layers are not in it; show the ResNet.
+        rows = [r for r in rows if r.group in RESNET_GROUPS]
+    return rows
 
 
 def markdown_table(rows) -> str:

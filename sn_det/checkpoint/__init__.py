@@ -1,5 +1,6 @@
 from .checkpointer import SNDetectionCheckpointer
 from .convert import (
+    SN_AUTHOR,
     CheckpointConversionError,
     convert_published_state_dict,
     converted_checkpoint,

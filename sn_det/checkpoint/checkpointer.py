@@ -73,6 +73,8 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
         """Load only the model weights of ``path`` (no optimizer or scheduler state) and fail
         when any SN parameter or statistic of the model is missing from it or has another
         shape, where detectron2 would only warn (tools that read the SN layers need them all).
+        An ImageNet SN backbone (published or converted) can only fill the ResNet's SN layers,
+        so only those are required of it.
 
         Returns:
             the checkpoint dict (``iteration`` and other extra state included).
@@ -89,6 +91,8 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
             if isinstance(m, SwitchNorm2d)
             for key in m.state_dict()
         }
+        if checkpoint.get("__author__") == SN_AUTHOR:
+            sn_keys = {k for k in sn_keys if _RESNET_KEY.search(k)}
         bad = [k for k in incompatible.missing_keys if k in sn_keys]
         bad += [k for k, *_ in incompatible.incorrect_shapes if k in sn_keys]
         if bad:
