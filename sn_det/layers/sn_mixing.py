@@ -21,7 +21,14 @@ from torch import Tensor
 
 from . import sn_kernels
 
-__all__ = ["Mixed", "mix_forward", "mix_backward", "bn_backward"]
+__all__ = [
+    "Mixed",
+    "batch_moments",
+    "mix_forward",
+    "mix_backward",
+    "bn_backward",
+    "dx_coefficients",
+]
 
 
 class Mixed(NamedTuple):
@@ -40,6 +47,16 @@ class Mixed(NamedTuple):
     mean: Tensor  # (N, C) mixed mean
     rstd: Tensor  # (N, C)
     weight: Tensor  # (C,)
+
+
+def batch_moments(mean_in: Tensor, var_in: Tensor) -> Tuple[Tensor, Tensor]:
+    """BN-term moments of one batch from its (N, C) instance moments, N > 0:
+    mean_bn = mean_n m and var_bn = mean_n (v + m^2) - mean_bn^2, each (1, C)."""
+    if sn_kernels.on_cpu_kernels(mean_in, var_in):
+        return tuple(sn_kernels._C.batch_moments(mean_in.contiguous(), var_in.contiguous()))
+    mean_bn = mean_in.mean(0, keepdim=True)
+    var_bn = torch.addcmul(var_in, mean_in, mean_in).mean(0, keepdim=True) - mean_bn * mean_bn
+    return mean_bn, var_bn
 
 
 def mix_forward(
@@ -167,3 +184,40 @@ def bn_backward(
     d_mean_in = d_mean_in + g_mean_bn / count + 2 * s.mean_in * d_sq
     d_var_in = d_var_in + d_sq
     return d_mean_in, d_var_in
+
+
+def dx_coefficients(
+    s: Mixed,
+    d_mean_in: Tensor,
+    d_var_in: Tensor,
+    bn_grads: Optional[Tuple[Tensor, Tensor]],
+    count: Optional[float],
+    length: int,
+) -> Tuple[Tensor, Tensor]:
+    """(a, b), (N, C) each, of dx = dy * scale + x * a + b.
+
+    With m = mean_in, L = H*W and the instance-moment gradients completed by the batch BN
+    term (:func:`bn_backward`, when ``bn_grads`` = (d_mean_bn, d_var_bn) is given):
+    dx = dy * scale + d_mean_in / L + d_var_in * 2 (x - m) / (L - 1), so
+    a = d_var_in * 2 / (L - 1) and b = d_mean_in / L - a * m. For L == 1, var_in is the
+    constant 0 and a = 0.
+    """
+    if sn_kernels.on_cpu_kernels(s.mean_in, d_mean_in, d_var_in):
+        empty = s.mean_in.new_empty(0)
+        d_mean_bn, d_var_bn = bn_grads if bn_grads is not None else (empty, empty)
+        return tuple(
+            sn_kernels._C.dx_coefficients(
+                s.mean_in.contiguous(),
+                d_mean_in.contiguous(),
+                d_var_in.contiguous(),
+                empty if bn_grads is None else s.mean_bn.contiguous(),
+                d_mean_bn.contiguous(),
+                d_var_bn.contiguous(),
+                float(count or 0),
+                length,
+            )
+        )
+    if bn_grads is not None:
+        d_mean_in, d_var_in = bn_backward(s, d_mean_in, d_var_in, *bn_grads, count)
+    a = d_var_in * (2.0 / (length - 1)) if length > 1 else torch.zeros_like(d_var_in)
+    return a, d_mean_in / length - a * s.mean_in

@@ -12,6 +12,7 @@ The autograd Function below owns the large passes (sn_kernels.py: compiled on CP
 ops elsewhere), and only the input x and (N, C)-sized tensors are kept for backward.
 """
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -19,11 +20,12 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import sn_kernels
-from .sn_mixing import bn_backward, mix_backward, mix_forward
+from .sn_mixing import batch_moments, dx_coefficients, mix_backward, mix_forward
 
 __all__ = ["SwitchNorm2d", "freeze_switch_norms"]
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 class _SwitchNormFunction(torch.autograd.Function):
@@ -59,17 +61,14 @@ class _SwitchNormFunction(torch.autograd.Function):
         d_mean_in, d_var_in, d_w, d_b, d_mw, d_vw, d_mean_bn, d_var_bn = mix_backward(
             mixed, g_scale, g_shift
         )
+        bn_grads = None
         if ctx.batch_count is not None:  # the BN term came from this batch
-            d_mean_bn, d_var_bn = ctx.layer._reduce_bn_grads(d_mean_bn, d_var_bn)
-            d_mean_in, d_var_in = bn_backward(
-                mixed, d_mean_in, d_var_in, d_mean_bn, d_var_bn, ctx.batch_count
-            )
+            bn_grads = ctx.layer._reduce_bn_grads(d_mean_bn, d_var_bn)
         dx = None
         if ctx.needs_input_grad[0]:
-            length = x.shape[2] * x.shape[3]
-            # L == 1: var_in is the constant 0 (see sn_kernels.plane_moments), no gradient.
-            a = d_var_in * (2.0 / (length - 1)) if length > 1 else torch.zeros_like(d_var_in)
-            b = d_mean_in / length - a * mixed.mean_in
+            a, b = dx_coefficients(
+                mixed, d_mean_in, d_var_in, bn_grads, ctx.batch_count, x.shape[2] * x.shape[3]
+            )
             dx = sn_kernels.backward_dx(dy, x, mixed.scale, a, b)
         return dx, d_w, d_b, d_mw, d_vw, None, None
 
@@ -164,20 +163,18 @@ class SwitchNorm2d(nn.Module):
         """
         return self.using_bn and self.training and not self.frozen and x.shape[0] > 0
 
-    def _batch_moments(self, mean_in: Tensor, sq_in: Tensor):
+    def _batch_moments(self, mean_in: Tensor, var_in: Tensor):
         """BN-term moments of this batch from its instance moments.
 
         Args:
-            mean_in: (N, C) per-plane means; sq_in: (N, C) per-plane E[x^2] (var_in + mean_in^2).
+            mean_in, var_in: (N, C) per-plane means and unbiased variances.
 
         Returns:
             (mean_bn, var_bn), each (1, C), and the number of samples they average over, or
             (None, 0) when there is no sample at all (possible only when synchronized).
             Overridden by a synchronized layer.
         """
-        mean_bn = mean_in.mean(0, keepdim=True)
-        var_bn = sq_in.mean(0, keepdim=True) - mean_bn * mean_bn
-        return (mean_bn, var_bn), mean_in.shape[0]
+        return batch_moments(mean_in, var_in), mean_in.shape[0]
 
     def _mix(self, mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch: bool):
         """Mix the (N, C) moments into per-plane scale/shift (see sn_mixing.mix_forward).
@@ -189,8 +186,7 @@ class SwitchNorm2d(nn.Module):
         bn_moments, count = None, None
         if self.using_bn:
             if use_batch:
-                sq_in = torch.addcmul(var_in, mean_in, mean_in)
-                bn_moments, count = self._batch_moments(mean_in, sq_in)
+                bn_moments, count = self._batch_moments(mean_in, var_in)
                 if count == 0:  # no sample anywhere: nothing to take statistics of
                     bn_moments, count = None, None
             if bn_moments is None:
@@ -224,8 +220,9 @@ class SwitchNorm2d(nn.Module):
         batch_mean = batch_mean.to(self.running_mean.dtype)
         batch_var = batch_var.to(self.running_var.dtype)
         if self.using_moving_average:
-            self.running_mean.mul_(self.momentum).add_(batch_mean, alpha=1 - self.momentum)
-            self.running_var.mul_(self.momentum).add_(batch_var, alpha=1 - self.momentum)
+            # running + (1 - m) (batch - running) = m running + (1 - m) batch, one op each.
+            self.running_mean.lerp_(batch_mean, 1 - self.momentum)
+            self.running_var.lerp_(batch_var, 1 - self.momentum)
         else:
             self.running_mean.add_(batch_mean)
             self.running_var.add_(batch_mean**2 + batch_var)
@@ -247,7 +244,10 @@ class SwitchNorm2d(nn.Module):
         use_batch = self._uses_batch_statistics(x)
 
         params = (self.weight, self.bias, self.mean_weight, self.var_weight)
-        with torch.autocast(x.device.type, enabled=False):
+        # Under autocast the small (N, C) math must stay in fp32; entering the context costs
+        # more than the rest of a small layer, so only when autocast is on.
+        autocast_on = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+        with torch.autocast(x.device.type, enabled=False) if autocast_on else _NO_CONTEXT:
             if torch.jit.is_tracing() or not (
                 torch.is_grad_enabled()
                 and (x.requires_grad or any(p.requires_grad for p in params))

@@ -90,12 +90,13 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         # the all-reduce (an empty batch anywhere is detected from the reduced count).
         return self.using_bn and self.training and not self.frozen
 
-    def _batch_moments(self, mean_in: Tensor, sq_in: Tensor):
+    def _batch_moments(self, mean_in: Tensor, var_in: Tensor):
         group = self._sync_group()
         if group is None:
-            return super()._batch_moments(mean_in, sq_in)
+            return super()._batch_moments(mean_in, var_in)
         n, c = mean_in.shape
         # One collective: the two (C,) sums and this rank's sample count.
+        sq_in = torch.addcmul(var_in, mean_in, mean_in)  # per-plane E[x^2]
         packed = torch.cat([mean_in.sum(0), sq_in.sum(0), mean_in.new_full((1,), float(n))])
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         count = int(round(packed[2 * c].item()))  # integers are exact in float32 below 2^24

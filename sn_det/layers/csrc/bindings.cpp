@@ -11,4 +11,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward_dx", &backward_dx, "dx = dy * s[n, c] + x * a[n, c] + b[n, c]");
   m.def("mix_forward", &mix_forward, "the (N, C) mixing: scale, shift, mean, rstd, mean_ln, var_ln, pm, pv");
   m.def("mix_backward", &mix_backward, "its analytic backward");
+  m.def("batch_moments", &batch_moments, "BN-term moments (1, C) from the (N, C) instance moments");
+  m.def("dx_coefficients", &dx_coefficients, "a, b of dx = dy * scale + x * a + b, BN-term gradient included");
 }

@@ -21,3 +21,8 @@ std::vector<at::Tensor> mix_backward(const at::Tensor& mean_in, const at::Tensor
                                      const at::Tensor& bn_var, const at::Tensor& pm, const at::Tensor& pv,
                                      const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale,
                                      const at::Tensor& g_scale, const at::Tensor& g_shift);
+std::vector<at::Tensor> batch_moments(const at::Tensor& mean_in, const at::Tensor& var_in);
+std::vector<at::Tensor> dx_coefficients(const at::Tensor& mean_in, const at::Tensor& d_mean_in,
+                                        const at::Tensor& d_var_in, const at::Tensor& bn_mean,
+                                        const at::Tensor& d_mean_bn, const at::Tensor& d_var_bn, double count,
+                                        int64_t length);

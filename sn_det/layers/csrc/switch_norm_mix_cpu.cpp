@@ -177,3 +177,80 @@ std::vector<at::Tensor> mix_backward(const at::Tensor& mean_in, const at::Tensor
   });
   return {d_mean_in, d_var_in, d_weight, d_bias, d_ml, d_vl, d_mean_bn, d_var_bn};
 }
+
+// BN-term moments of a batch from its instance moments (sn_mixing.batch_moments):
+// mean_bn = mean_n m, var_bn = mean_n (v + m^2) - mean_bn^2, each (1, C).
+std::vector<at::Tensor> batch_moments(const at::Tensor& mean_in, const at::Tensor& var_in) {
+  check_small(mean_in, mean_in, "batch_moments argument");
+  check_small(var_in, mean_in, "batch_moments argument");
+  const int64_t n = mean_in.size(0), c = mean_in.size(1);
+  TORCH_CHECK(n > 0, "batch_moments needs at least one sample");
+  auto mean_bn = at::empty({1, c}, mean_in.options()), var_bn = at::empty({1, c}, mean_in.options());
+  AT_DISPATCH_FLOATING_TYPES(mean_in.scalar_type(), "sn_batch_moments", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *m = mean_in.data_ptr<scalar_t>(), *v = var_in.data_ptr<scalar_t>();
+    scalar_t *bm = mean_bn.data_ptr<scalar_t>(), *bv = var_bn.data_ptr<scalar_t>();
+    std::vector<acc_t> sm(c, 0), sq(c, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < c; ++j) {
+        const acc_t mj = m[i * c + j];
+        sm[j] += mj;
+        sq[j] += acc_t(v[i * c + j]) + mj * mj;
+      }
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      const acc_t mean = sm[j] / n;
+      bm[j] = mean;
+      bv[j] = sq[j] / n - mean * mean;
+    }
+  });
+  return {mean_bn, var_bn};
+}
+
+// The per-plane coefficients of dx = dy * scale + x * a + b (sn_mixing.dx_coefficients):
+// first the gradient through batch BN moments, when given (bn_mean non-empty), is added to
+// the instance-moment gradients: g = d_mean_bn - 2 mean_bn d_var_bn, d_sq = d_var_bn / count,
+// d_mean_in += g / count + 2 m d_sq, d_var_in += d_sq; then a = d_var_in * 2 / (L - 1)
+// (0 when L == 1, where var_in is the constant 0) and b = d_mean_in / L - a * m.
+std::vector<at::Tensor> dx_coefficients(const at::Tensor& mean_in, const at::Tensor& d_mean_in,
+                                        const at::Tensor& d_var_in, const at::Tensor& bn_mean,
+                                        const at::Tensor& d_mean_bn, const at::Tensor& d_var_bn, double count,
+                                        int64_t length) {
+  for (auto* t : {&d_mean_in, &d_var_in, &bn_mean, &d_mean_bn, &d_var_bn}) {
+    check_small(*t, mean_in, "dx_coefficients argument");
+  }
+  const int64_t n = mean_in.size(0), c = mean_in.size(1);
+  const bool has_bn = bn_mean.numel() > 0;
+  TORCH_CHECK(!has_bn || (bn_mean.numel() == c && d_mean_bn.numel() == c && d_var_bn.numel() == c && count > 0),
+              "dx_coefficients: BN-term arguments must be (1, C) with a positive count");
+  auto a = at::empty({n, c}, mean_in.options()), b = at::empty({n, c}, mean_in.options());
+  AT_DISPATCH_FLOATING_TYPES(mean_in.scalar_type(), "sn_dx_coefficients", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *m = mean_in.data_ptr<scalar_t>(), *dm = d_mean_in.data_ptr<scalar_t>();
+    const scalar_t* dv = d_var_in.data_ptr<scalar_t>();
+    const scalar_t* bm = has_bn ? bn_mean.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* dbm = has_bn ? d_mean_bn.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* dbv = has_bn ? d_var_bn.data_ptr<scalar_t>() : nullptr;
+    scalar_t *pa = a.data_ptr<scalar_t>(), *pb = b.data_ptr<scalar_t>();
+    const acc_t inv_count = has_bn ? acc_t(1) / acc_t(count) : acc_t(0);
+    const acc_t two_over_l1 = length > 1 ? acc_t(2) / acc_t(length - 1) : acc_t(0);
+    const acc_t inv_l = acc_t(1) / acc_t(length);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < c; ++j) {
+        const int64_t ij = i * c + j;
+        const acc_t mj = m[ij];
+        acc_t d_mean = dm[ij], d_var = dv[ij];
+        if (has_bn) {
+          const acc_t g_mean_bn = acc_t(dbm[j]) - 2 * acc_t(bm[j]) * acc_t(dbv[j]);
+          const acc_t d_sq = acc_t(dbv[j]) * inv_count;
+          d_mean += g_mean_bn * inv_count + 2 * mj * d_sq;
+          d_var += d_sq;
+        }
+        const acc_t aij = d_var * two_over_l1;
+        pa[ij] = aij;
+        pb[ij] = d_mean * inv_l - aij * mj;
+      }
+    }
+  });
+  return {a, b};
+}
