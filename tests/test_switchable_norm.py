@@ -298,3 +298,19 @@ def test_compiled_cpu_kernels_are_built():
     from sn_det.layers import sn_kernels
 
     assert sn_kernels.has_cpu_kernels()
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, -3e4])
+def test_float32_plane_moments_survive_a_large_offset(offset):
+    """Plane statistics in float32 of data far from zero: E[x^2] - E[x]^2 would lose every
+    digit of the variance here (offset^2 / var up to 1e9 > 1 / float32 eps)."""
+    from sn_det.layers import sn_kernels
+
+    g = torch.Generator().manual_seed(5)
+    x32 = (torch.randn(3, 8, 21, 19, generator=g, dtype=torch.double) + offset).float()
+    mean, var = sn_kernels.plane_moments(x32)
+    planes = x32.double().reshape(24, -1)  # the same float32 values, reduced in float64
+    assert_close(var.double().reshape(-1), planes.var(1), 2e-5, "float32 variance")
+    # The mean itself can only be as exact as float32 near the offset (a few ulps).
+    mean_err = (mean.double().reshape(-1) - planes.mean(1)).abs().max().item()
+    assert mean_err <= 1e-6 * max(abs(offset), 1.0), mean_err

@@ -195,7 +195,7 @@ def machine_line(device, threads):
     return f"{what}, {threads} threads, torch {torch.__version__}, {datetime.date.today()}"
 
 
-def render(layer_rows, model_times, device, threads, rounds):
+def render(layer_rows, model_times, device, threads, rounds, model_rounds):
     out = [f"Machine: {machine_line(device, threads)}; medians of {rounds} interleaved rounds.", ""]
     out.append(
         "| shape (N,C,H,W) | SN ms | GN ms | BN ms | textbook SN ms | SN/GN | SN/BN | textbook/GN | SN saved/input | GN saved/input | textbook saved/input |"
@@ -226,7 +226,7 @@ def render(layer_rows, model_times, device, threads, rounds):
         out += [
             "",
             "Mask R-CNN training step (demo model: R-18-FPN, 4 images of 128x128; the norm of "
-            "backbone, FPN and mask head varies):",
+            f"backbone, FPN and mask head varies; medians of {model_rounds} interleaved rounds):",
             "",
             "| norm | s/step | vs GN |",
             "|---|---|---|",
@@ -244,8 +244,8 @@ def main():
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median)")
-    parser.add_argument("--model-rounds", type=int, default=5, help="rounds of the model step")
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (median)")
+    parser.add_argument("--model-rounds", type=int, default=15, help="rounds of the model step")
     parser.add_argument("--skip-model", action="store_true", help="layers only")
     parser.add_argument("--out", default="benchmarks/latest.md", help="markdown file to write")
     args = parser.parse_args()
@@ -257,7 +257,7 @@ def main():
 
     layer_rows = bench_layers(SHAPES, args.rounds, device)
     model_times = None if args.skip_model else bench_model(args.model_rounds, device, args.threads)
-    table = render(layer_rows, model_times, device, args.threads, args.rounds)
+    table = render(layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds)
     print()
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

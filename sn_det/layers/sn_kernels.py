@@ -39,9 +39,14 @@ def has_cpu_kernels() -> bool:
 def on_cpu_kernels(*ts: Tensor) -> bool:
     """Whether the compiled CPU kernels apply to all of these tensors."""
     # Tracing cannot record a pybind call (it would bake its result in as a constant).
-    if _C is None or torch.jit.is_tracing():
+    # (torch._C._is_tracing is what torch.jit.is_tracing returns outside TorchScript; this
+    # check runs ~8 times per SN call, so the cheap forms matter at small shapes.)
+    if _C is None or torch._C._is_tracing():
         return False
-    return all(t.device.type == "cpu" and t.dtype in _KERNEL_DTYPES for t in ts)
+    for t in ts:
+        if not t.is_cpu or t.dtype not in _KERNEL_DTYPES:
+            return False
+    return True
 
 
 def plane_moments(x: Tensor) -> Tuple[Tensor, Tensor]:

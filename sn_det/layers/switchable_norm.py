@@ -47,7 +47,8 @@ class _SwitchNormFunction(torch.autograd.Function):
         # A fresh 4-d tensor (not a view): callers apply relu_ to it in place.
         y = sn_kernels.affine(x, mixed.scale, mixed.shift)
         ctx.save_for_backward(x)
-        ctx.mixed, ctx.layer, ctx.batch_count = mixed, layer, batch_count
+        # One attribute: every ctx attribute access goes through Function.__getattribute__.
+        ctx.state = (mixed, layer, batch_count)
         batch_mean, batch_var = layer._batch_stats_for_tracking(mixed, batch_count)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
@@ -56,18 +57,18 @@ class _SwitchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, _batch_mean_grad, _batch_var_grad):
         (x,) = ctx.saved_tensors
-        mixed = ctx.mixed
+        mixed, layer, batch_count = ctx.state
         g_shift, g_scale = sn_kernels.backward_reduce(dy, x)
         d_mean_in, d_var_in, d_w, d_b, d_mw, d_vw, d_mean_bn, d_var_bn = mix_backward(
             mixed, g_scale, g_shift
         )
         bn_grads = None
-        if ctx.batch_count is not None:  # the BN term came from this batch
-            bn_grads = ctx.layer._reduce_bn_grads(d_mean_bn, d_var_bn)
+        if batch_count is not None:  # the BN term came from this batch
+            bn_grads = layer._reduce_bn_grads(d_mean_bn, d_var_bn)
         dx = None
         if ctx.needs_input_grad[0]:
             a, b = dx_coefficients(
-                mixed, d_mean_in, d_var_in, bn_grads, ctx.batch_count, x.shape[2] * x.shape[3]
+                mixed, d_mean_in, d_var_in, bn_grads, batch_count, x.shape[2] * x.shape[3]
             )
             dx = sn_kernels.backward_dx(dy, x, mixed.scale, a, b)
         return dx, d_w, d_b, d_mw, d_vw, None, None
@@ -217,8 +218,9 @@ class SwitchNorm2d(nn.Module):
     @torch.no_grad()
     def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:
         """Fold this batch's BN moments (C,) into the running statistics."""
-        batch_mean = batch_mean.to(self.running_mean.dtype)
-        batch_var = batch_var.to(self.running_var.dtype)
+        if batch_mean.dtype != self.running_mean.dtype:  # (a no-op .to() still costs a call)
+            batch_mean = batch_mean.to(self.running_mean.dtype)
+            batch_var = batch_var.to(self.running_var.dtype)
         if self.using_moving_average:
             # running + (1 - m) (batch - running) = m running + (1 - m) batch, one op each.
             self.running_mean.lerp_(batch_mean, 1 - self.momentum)
@@ -263,7 +265,7 @@ class SwitchNorm2d(nn.Module):
                 from_batch = batch_mean.numel() > 0  # empty: the BN term used running stats
         if from_batch:
             self._track(batch_mean, batch_var)
-        return y.to(in_dtype)
+        return y if y.dtype == in_dtype else y.to(in_dtype)
 
     # ------------------------------------------------------------------ batch average
     @torch.no_grad()

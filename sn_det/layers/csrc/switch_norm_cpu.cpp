@@ -2,7 +2,7 @@
 //
 // Every kernel takes contiguous (N, C, H, W) tensors, seen as R = N*C rows ("planes") of
 // length L = H*W, and is parallel over rows, so each row is read while it is hot in cache:
-//   moments:          mean[r], unbiased var[r]        (sum pass + centred pass over the row)
+//   moments:          mean[r], unbiased var[r]        (one pass of sums shifted by the row's first value)
 //   affine:           y = x * scale[r] + shift[r]     (one read of x, one write of y)
 //   backward_reduce:  sum(dy), sum(dy * x) per row    (one read of dy and x)
 //   backward_dx:      dx = dy * s[r] + x * a[r] + b[r] (one read of dy and x, one write)
@@ -28,6 +28,36 @@ void check_planes(const at::Tensor& t, const char* name) {
 }
 
 int64_t num_rows(const at::Tensor& t) { return t.size(0) * t.size(1); }
+
+// Row sums with kLanes independent partial sums: a single running sum (one SIMD register)
+// is bound by the latency of the floating-point add; 16 partials become several vector
+// accumulators that the CPU adds in parallel.
+constexpr int64_t kLanes = 16;
+
+// sum_i f(i) and sum_i g(i) over [0, len) in one pass (f, g inlined element functions).
+template <typename acc_t, typename F, typename G>
+inline void row_sums(int64_t len, F f, G g, acc_t& sum_f, acc_t& sum_g) {
+  acc_t pf[kLanes] = {}, pg[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+#pragma omp simd
+    for (int64_t k = 0; k < kLanes; ++k) {
+      pf[k] += f(i + k);
+      pg[k] += g(i + k);
+    }
+  }
+  acc_t tf = 0, tg = 0;
+  for (; i < len; ++i) {
+    tf += f(i);
+    tg += g(i);
+  }
+  for (int64_t k = 0; k < kLanes; ++k) {
+    tf += pf[k];
+    tg += pg[k];
+  }
+  sum_f = tf;
+  sum_g = tg;
+}
 int64_t row_len(const at::Tensor& t) { return t.size(2) * t.size(3); }
 
 template <typename scalar_t>
@@ -38,17 +68,21 @@ void moments_impl(const scalar_t* x, scalar_t* mean, scalar_t* var, int64_t rows
   at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* row = x + r * len;
-      acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < len; ++i) s += row[i];
-      const acc_t m = s / acc_t(len);
-      // Centred second pass (the row is in cache): no E[x^2] - E[x]^2 cancellation.
-      acc_t ss = 0;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t i = 0; i < len; ++i) {
-        const acc_t d = acc_t(row[i]) - m;
-        ss += d * d;
-      }
+      // One pass of sums shifted by the row's first element, so E[d^2] - E[d]^2 (with d = x - x0)
+      // only cancels as much as the row mean differs from one of its own values, then a
+      // centred correction: ss = sum (x - m)^2 = sum d^2 - (sum d)^2 / L exactly in real
+      // arithmetic; the shift keeps both terms of the size of the variance.
+      const acc_t x0 = row[0];
+      acc_t sd = 0, sdd = 0;
+      row_sums<acc_t>(
+          len, [row, x0](int64_t i) { return acc_t(row[i]) - x0; },
+          [row, x0](int64_t i) {
+            const acc_t d = acc_t(row[i]) - x0;
+            return d * d;
+          },
+          sd, sdd);
+      const acc_t m = x0 + sd / acc_t(len);
+      const acc_t ss = std::max<acc_t>(sdd - sd * sd / acc_t(len), 0);
       mean[r] = scalar_t(m);
       var[r] = scalar_t(ss / denom);
     }
@@ -78,11 +112,9 @@ void backward_reduce_impl(const scalar_t* dy, const scalar_t* x, scalar_t* sum_d
       const scalar_t* g = dy + r * len;
       const scalar_t* xr = x + r * len;
       acc_t s = 0, sx = 0;
-#pragma omp simd reduction(+ : s, sx)
-      for (int64_t i = 0; i < len; ++i) {
-        s += g[i];
-        sx += acc_t(g[i]) * acc_t(xr[i]);
-      }
+      row_sums<acc_t>(
+          len, [g](int64_t i) { return acc_t(g[i]); },
+          [g, xr](int64_t i) { return acc_t(g[i]) * acc_t(xr[i]); }, s, sx);
       sum_dy[r] = scalar_t(s);
       sum_dy_x[r] = scalar_t(sx);
     }
