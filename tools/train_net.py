@@ -9,7 +9,6 @@ checkpoints and metrics to OUTPUT_DIR; every test set is evaluated with COCOEval
 import sys
 
 import detectron2.utils.comm as comm
-import torch.distributed as dist
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
@@ -56,9 +55,9 @@ def _main_or_exit(args):
         sys.exit(2)
     if comm.get_world_size() > 1:
         # A rank can leave its last collective while a peer is still reading from it; exiting
-        # then may abort or hang the peer (seen with gloo). Meet, then take the group down.
+        # then aborted the peer now and then (seen with gloo). Meet before exiting. (No
+        # destroy_process_group: with gloo it hangs now and then, pytorch/pytorch#75097.)
         comm.synchronize()
-        dist.destroy_process_group()
     return result
 
 
