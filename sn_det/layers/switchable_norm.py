@@ -13,7 +13,7 @@ ops elsewhere), and only the input x and (N, C)-sized tensors are kept for backw
 """
 
 import contextlib
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
@@ -49,13 +49,11 @@ class _SwitchNormFunction(torch.autograd.Function):
         ctx.save_for_backward(x)
         # One attribute: every ctx attribute access goes through Function.__getattribute__.
         ctx.state = (mixed, layer, batch_count)
-        batch_mean, batch_var = layer._batch_stats_for_tracking(mixed, batch_count)
-        ctx.mark_non_differentiable(batch_mean, batch_var)
-        return y, batch_mean, batch_var
+        return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy, _batch_mean_grad, _batch_var_grad):
+    def backward(ctx, dy):
         (x,) = ctx.saved_tensors
         mixed, layer, batch_count = ctx.state
         g_shift, g_scale = sn_kernels.backward_reduce(dy, x)
@@ -178,7 +176,8 @@ class SwitchNorm2d(nn.Module):
         return batch_moments(mean_in, var_in), mean_in.shape[0]
 
     def _mix(self, mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch: bool):
-        """Mix the (N, C) moments into per-plane scale/shift (see sn_mixing.mix_forward).
+        """Mix the (N, C) moments into per-plane scale/shift (see sn_mixing.mix_forward), and
+        fold the batch BN moments, when the BN term took them, into the running statistics.
 
         Returns:
             the :class:`Mixed` result, and the number of samples behind the batch BN moments
@@ -199,21 +198,14 @@ class SwitchNorm2d(nn.Module):
         mixed = mix_forward(
             mean_in, var_in, weight, bias, mean_weight, var_weight, self.eps, bn_moments
         )
+        if count is not None:
+            self._track(mixed.mean_bn.view(-1), mixed.var_bn.view(-1))
         return mixed, count
 
     def _reduce_bn_grads(self, d_mean_bn: Tensor, d_var_bn: Tensor) -> Tuple[Tensor, Tensor]:
         """Gradients of the batch BN moments, summed over everything that shares them.
         Identity here; a synchronized layer sums them over ranks."""
         return d_mean_bn, d_var_bn
-
-    @staticmethod
-    def _batch_stats_for_tracking(mixed, count: Optional[int]) -> Tuple[Tensor, Tensor]:
-        """(C,) batch BN moments to fold into the running statistics, or empty tensors when
-        the BN term did not come from a batch (``count`` is None)."""
-        if count is not None:
-            return mixed.mean_bn.view(-1), mixed.var_bn.view(-1)
-        empty = mixed.mean_in.new_empty(0)
-        return empty, empty
 
     @torch.no_grad()
     def _track(self, batch_mean: Tensor, batch_var: Tensor) -> None:
@@ -256,15 +248,10 @@ class SwitchNorm2d(nn.Module):
             ):
                 # Inference, or tracing (which records plain ops, not a Python autograd
                 # Function): the same passes, no backward state to keep.
-                mixed, count = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
+                mixed, _ = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
                 y = sn_kernels.affine(x, mixed.scale, mixed.shift)
-                batch_mean, batch_var = self._batch_stats_for_tracking(mixed, count)
-                from_batch = count is not None
             else:
-                y, batch_mean, batch_var = _SwitchNormFunction.apply(x, *params, self, use_batch)
-                from_batch = batch_mean.numel() > 0  # empty: the BN term used running stats
-        if from_batch:
-            self._track(batch_mean, batch_var)
+                y = _SwitchNormFunction.apply(x, *params, self, use_batch)
         return y if y.dtype == in_dtype else y.to(in_dtype)
 
     # ------------------------------------------------------------------ batch average
