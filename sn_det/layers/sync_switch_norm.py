@@ -53,24 +53,8 @@ class SyncSwitchNorm2d(SwitchNorm2d):
           nothing, so ranks may evaluate different numbers of images.
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.997,
-        using_moving_average: bool = True,
-        using_bn: bool = True,
-        last_gamma: bool = False,
-        process_group: Optional["dist.ProcessGroup"] = None,
-    ):
-        super().__init__(
-            num_features,
-            eps=eps,
-            momentum=momentum,
-            using_moving_average=using_moving_average,
-            using_bn=using_bn,
-            last_gamma=last_gamma,
-        )
+    def __init__(self, *args, process_group: Optional["dist.ProcessGroup"] = None, **kwargs):
+        super().__init__(*args, **kwargs)  # SwitchNorm2d's arguments, unchanged
         self.process_group = process_group
 
     def _sync_group(self):
