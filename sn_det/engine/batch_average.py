@@ -109,11 +109,13 @@ def recompute_sn_batch_statistics(
                 if i % log_period == 0 or i == num_iter:
                     logger.info(f"SN batch averaging: {i}/{num_iter} batches")
         _pool_across_ranks(layers)
-        for name, m in layers:
-            if int(m.num_batches_accumulated) == 0:
+        for (name, m), (_, _, mean, var) in zip(layers, saved):
+            if int(m.num_batches_accumulated) == 0:  # no statistics to replace the old ones
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
                 counts[name] = 0
-                continue
-            counts[name] = m.finalize_batch_average()
+            else:
+                counts[name] = m.finalize_batch_average()
     except BaseException:
         for m, _, mean, var in saved:
             m.running_mean.copy_(mean)
@@ -126,10 +128,6 @@ def recompute_sn_batch_statistics(
         for buf, value in other_buffers:
             buf.copy_(value)
         model.train(was_training)
-    for (name, _), (m, _, mean, var) in zip(layers, saved):
-        if counts[name] == 0:  # no statistics to replace the old ones with
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
     unseen = [name for name, k in counts.items() if k == 0]
     if unseen:
         logger.warning(
