@@ -119,12 +119,16 @@ class ContinuousEvaluator:
         self.model = Trainer.build_model(cfg)
         self.checkpointer = SNDetectionCheckpointer(self.model)
         self.tensorboard = SummaryWriter(cfg.OUTPUT_DIR)
+        # One training-data iterator for every checkpoint's batch averaging (if enabled).
+        self.batch_average_data = (
+            iter(Trainer.build_batch_average_loader(cfg)) if cfg.TEST.SN_BATCH_AVG.ENABLED else None
+        )
 
     def evaluate(self, name: str) -> dict:
         path = os.path.join(self.load_dir, name)
         checkpoint = self.checkpointer.load_weights_strictly(path)
         iteration = checkpoint.get("iteration")
-        results = Trainer.test_with_sn_batch_average(self.cfg, self.model)
+        results = Trainer.test_with_sn_batch_average(self.cfg, self.model, self.batch_average_data)
         metrics = {k: _finite_or_none(v) for k, v in flatten_results_dict(results).items()}
         line = json.dumps({"checkpoint": name, "iteration": iteration, "metrics": metrics})
         with open(self.jsonl, "a") as f:  # one write of one line, then to disk

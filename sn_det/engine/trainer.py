@@ -49,7 +49,7 @@ class Trainer(DefaultTrainer):
                 SNBatchAverage(
                     period,
                     self.model,
-                    self._batch_average_loader(cfg),  # its own: training batches unchanged
+                    self.build_batch_average_loader(cfg),  # its own: training batches unchanged
                     cfg.TEST.SN_BATCH_AVG.NUM_ITER,
                 ),
             )
@@ -58,17 +58,23 @@ class Trainer(DefaultTrainer):
         return ret
 
     @classmethod
-    def test_with_sn_batch_average(cls, cfg, model):
+    def test_with_sn_batch_average(cls, cfg, model, data=None):
         """Evaluate as :meth:`test`, first recomputing SN batch-average statistics when
-        TEST.SN_BATCH_AVG.ENABLED (the --eval-only and continuous-evaluation path)."""
+        TEST.SN_BATCH_AVG.ENABLED (the --eval-only and continuous-evaluation path).
+
+        Args:
+            data: an iterator over :meth:`build_batch_average_loader`, for callers that
+                evaluate repeatedly (building a loader reads the training annotations);
+                None builds one.
+        """
         if cfg.TEST.SN_BATCH_AVG.ENABLED:
-            recompute_sn_batch_statistics(
-                model, iter(cls._batch_average_loader(cfg)), cfg.TEST.SN_BATCH_AVG.NUM_ITER
-            )
+            if data is None:
+                data = iter(cls.build_batch_average_loader(cfg))
+            recompute_sn_batch_statistics(model, data, cfg.TEST.SN_BATCH_AVG.NUM_ITER)
         return cls.test(cfg, model)
 
     @classmethod
-    def _batch_average_loader(cls, cfg):
+    def build_batch_average_loader(cls, cfg):
         """A training data loader for batch averaging, in the main process (as detectron2
         builds PreciseBN's: no worker processes to start for a few hundred batches)."""
         loader_cfg = cfg.clone()
