@@ -26,7 +26,7 @@ import time
 from detectron2.evaluation.testing import flatten_results_dict
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
-from sn_det.engine import ConfigError, Trainer, setup_cfg
+from sn_det.engine import ConfigError, Trainer, default_sn_setup, setup_cfg
 
 EXAMPLES = """examples:
   # alongside a training run (in another shell):
@@ -154,6 +154,8 @@ def run(args) -> int:
         raise ConfigError(f"--load-dir {load_dir} is not a folder")
     if args.timeout is not None and args.timeout < 0:
         raise ConfigError(f"--timeout must be >= 0 seconds, got {args.timeout}")
+    if args.poll <= 0:
+        raise ConfigError(f"--poll must be > 0 seconds, got {args.poll}")
     # Evaluation outputs go to a folder of their own, never over the training run's files;
     # the weights come from the checkpoints, not from MODEL.WEIGHTS.
     args.opts = list(args.opts) + [
@@ -164,9 +166,10 @@ def run(args) -> int:
     ]
     args.resume = False
     args.eval_only = True
-    cfg = setup_cfg(args)
+    cfg = setup_cfg(args, default=False)
     if not cfg.DATASETS.TEST:
         raise ConfigError("DATASETS.TEST is empty: nothing to evaluate the checkpoints on")
+    default_sn_setup(cfg, args)
     evaluator = ContinuousEvaluator(cfg, load_dir)
     done = read_done(evaluator.jsonl)
     if done:

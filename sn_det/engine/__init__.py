@@ -1,7 +1,7 @@
 from .batch_average import batch_average_layers, recompute_sn_batch_statistics
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer, get_sn_optimizer_params
-from .setup import ConfigError, load_cfg, setup_cfg
+from .setup import ConfigError, default_sn_setup, load_cfg, setup_cfg
 from .trainer import Trainer
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Trainer",
     "batch_average_layers",
     "build_sn_optimizer",
+    "default_sn_setup",
     "get_sn_optimizer_params",
     "load_cfg",
     "recompute_sn_batch_statistics",

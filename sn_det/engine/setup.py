@@ -13,7 +13,7 @@ from ..config import add_sn_config
 from ..data import prepare_datasets
 from ..modeling import check_norm_config
 
-__all__ = ["setup_cfg", "load_cfg", "ConfigError"]
+__all__ = ["setup_cfg", "load_cfg", "default_sn_setup", "ConfigError"]
 
 
 class ConfigError(Exception):
@@ -82,10 +82,13 @@ def setup_cfg(args, default=True):
         raise ConfigError(str(e.args[0] if e.args else e)) from None
     cfg.freeze()
     if default:
-        default_setup(cfg, args)
-        # default_setup configures detectron2's and fvcore's loggers; sn_det's progress
-        # messages (batch averaging, checkpoint conversion) go to the same console and log.
-        setup_logger(
-            cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sn_det", abbrev_name="sn"
-        )
+        default_sn_setup(cfg, args)
     return cfg
+
+
+def default_sn_setup(cfg: CfgNode, args) -> None:
+    """detectron2's ``default_setup`` (output dir, config dump, logging, seed) plus sn_det's
+    logger, whose progress messages (batch averaging, checkpoint conversion) then go to the
+    same console and log file."""
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sn_det", abbrev_name="sn")
