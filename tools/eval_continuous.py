@@ -68,23 +68,19 @@ def _order(name: str) -> float:
     return math.inf if number == "final" else int(number)
 
 
-def finished_checkpoints(load_dir: str):
-    """Checkpoint file names in ``load_dir`` that are completely written, in order.
+def finished_checkpoints(checkpointer):
+    """Checkpoint file names in ``checkpointer.save_dir`` that are completely written, in order.
 
     detectron2's Checkpointer saves model_XXXXXXX.pth, then writes its name to
-    ``last_checkpoint``; checkpoints are saved one after another in iteration order, so
-    every checkpoint up to the tagged one is complete and any later one may still be in
-    progress.
+    ``last_checkpoint`` (read back by ``get_checkpoint_file``); checkpoints are saved one
+    after another in iteration order, so every checkpoint up to the tagged one is complete
+    and any later one may still be in progress. A tag being rewritten reads as no name.
     """
-    tag = os.path.join(load_dir, "last_checkpoint")
-    try:
-        with open(tag) as f:
-            last = f.read().strip()
-    except FileNotFoundError:
-        return []
+    last = os.path.basename(checkpointer.get_checkpoint_file())
     if not CHECKPOINT_NAME.fullmatch(last):
         return []
-    names = [n for n in os.listdir(load_dir) if CHECKPOINT_NAME.fullmatch(n)]
+    names = [os.path.basename(p) for p in checkpointer.get_all_checkpoint_files()]
+    names = [n for n in names if CHECKPOINT_NAME.fullmatch(n)]
     return sorted((n for n in names if _order(n) <= _order(last)), key=_order)
 
 
@@ -117,7 +113,10 @@ class ContinuousEvaluator:
         self.load_dir = load_dir
         self.jsonl = os.path.join(load_dir, "continuous_eval.jsonl")
         self.model = Trainer.build_model(cfg)
-        self.checkpointer = SNDetectionCheckpointer(self.model)
+        # Reads load_dir's checkpoints and their last_checkpoint tag; never writes there.
+        self.checkpointer = SNDetectionCheckpointer(
+            self.model, save_dir=load_dir, save_to_disk=False
+        )
         self.tensorboard = SummaryWriter(cfg.OUTPUT_DIR)
         # One training-data iterator for every checkpoint's batch averaging (if enabled).
         self.batch_average_data = (
@@ -177,7 +176,7 @@ def run(args) -> int:
     last_new = time.monotonic()
     last_notice = -math.inf
     while True:
-        for name in finished_checkpoints(load_dir):
+        for name in finished_checkpoints(evaluator.checkpointer):
             if name in done:
                 continue
             print(f"evaluating {name} ...", flush=True)
