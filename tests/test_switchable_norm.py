@@ -314,3 +314,71 @@ def test_float32_plane_moments_survive_a_large_offset(offset):
     # The mean itself can only be as exact as float32 near the offset (a few ulps).
     mean_err = (mean.double().reshape(-1) - planes.mean(1)).abs().max().item()
     assert mean_err <= 1e-6 * max(abs(offset), 1.0), mean_err
+
+
+def _offset_error(m64, shape, offset, training, seed=3):
+    """Largest relative error of a float32 SN on x + offset against float64 SN on x, over the
+    output and every gradient (SN is invariant to a common offset, so both should agree)."""
+    x = random_input(shape, seed=seed).detach()
+    x = (x - x.mean()) / x.std()  # unit std: the offset dominates every mean
+    dy = torch.randn(shape, dtype=torch.double, generator=torch.Generator().manual_seed(seed + 1))
+    params = reference_params(m64)
+    x_ref = x.clone().requires_grad_(True)
+    rm, rv = (m64.running_mean, m64.running_var) if m64.using_bn else (None, None)
+    y_ref, _, _ = reference_switch_norm(x_ref, *params, rm, rv, training=training)
+    (y_ref * dy).sum().backward()
+
+    m32 = SwitchNorm2d(shape[1], using_bn=m64.using_bn).train(training)
+    m32.load_state_dict(m64.state_dict())
+    if m64.using_bn:
+        with torch.no_grad():
+            m32.running_mean.add_(offset)  # eval mode: the running mean carries the offset too
+    x32 = (x + offset).float().requires_grad_(True)
+    y = m32(x32)
+    (y * dy.float()).sum().backward()
+    errors = {"output": (y.double(), y_ref), "input gradient": (x32.grad.double(), x_ref.grad)}
+    for name, p, p_ref in zip(
+        ["weight", "bias", "mean_weight", "var_weight"],
+        [m32.weight, m32.bias, m32.mean_weight, m32.var_weight],
+        params,
+    ):
+        errors[name] = (p.grad.double(), p_ref.grad)
+    return {
+        k: ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+        for k, (a, b) in errors.items()
+    }
+
+
+@pytest.mark.parametrize("path", ["cpu_kernels", "torch_ops"])
+@pytest.mark.parametrize("using_bn,training", [(True, True), (True, False), (False, True)])
+def test_float32_with_a_large_common_offset_matches_float64(monkeypatch, path, using_bn, training):
+    """float32 SN(x + 1e4) against float64 SN(x) for unit-std x: the published formula
+    mean(v + m^2) - mean^2 loses every digit here; the centred forms keep the error near
+    the float32 rounding of the input itself (~5e-4 at 1e4)."""
+    from sn_det.layers import sn_kernels
+
+    if path == "torch_ops":
+        monkeypatch.setattr(sn_kernels, "_C", None)
+    m64 = make_layer(6, using_bn=using_bn).train(training)
+    errors = _offset_error(m64, (3, 6, 9, 7), 1e4, training)
+    assert max(errors.values()) <= 4e-3, errors
+
+
+@pytest.mark.parametrize("path", ["cpu_kernels", "torch_ops"])
+def test_variances_are_never_negative(monkeypatch, path):
+    """Constant planes around a huge offset: every variance is exactly 0, never below."""
+    from sn_det.layers import sn_kernels
+    from sn_det.layers.sn_mixing import batch_moments, mix_forward
+
+    if path == "torch_ops":
+        monkeypatch.setattr(sn_kernels, "_C", None)
+    g = torch.Generator().manual_seed(0)
+    x = (3e4 + torch.randn(4, 5, 1, 1, generator=g) * 1e-3).expand(4, 5, 3, 3).contiguous()
+    mean_in, var_in = sn_kernels.plane_moments(x)
+    mb, vb = batch_moments(mean_in, var_in)
+    m = SwitchNorm2d(5)
+    mixed = mix_forward(
+        mean_in, var_in, m.weight, m.bias, m.mean_weight, m.var_weight, 1e-5, (mb, vb)
+    )
+    for name, v in [("var_in", var_in), ("var_bn", vb), ("var_ln", mixed.var_ln)]:
+        assert (v >= 0).all(), name

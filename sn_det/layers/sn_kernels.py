@@ -60,29 +60,39 @@ def plane_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     return mean, var
 
 
-def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """y = x * scale + shift with (N, C) scale/shift broadcast over each plane."""
-    if on_cpu_kernels(x) and x.numel() > 0 and scale.dtype == x.dtype:
+def affine(x: Tensor, center: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """y = (x - center) * scale + bias with (N, C) center/scale and (C,) bias broadcast over
+    each plane. Subtracting the center (the mixed mean) before scaling keeps the output exact
+    for data far from zero, where x * scale + (bias - center * scale) would cancel."""
+    if on_cpu_kernels(x) and x.numel() > 0 and scale.dtype == x.dtype == bias.dtype:
         # Returns a fresh 4-d tensor, never a view: callers apply relu_ to it in place.
-        return _C.affine(x.contiguous(), scale.contiguous(), shift.contiguous())
-    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+        return _C.affine(x.contiguous(), center.contiguous(), scale.contiguous(), bias.contiguous())
+    y = (x - center[:, :, None, None]).mul_(scale[:, :, None, None])
+    return y.add_(bias[None, :, None, None])
 
 
-def backward_reduce(dy: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-plane sum(dy) and sum(dy * x), (N, C) each."""
+def backward_reduce(dy: Tensor, x: Tensor, center: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-plane sum(dy) and sum(dy * (x - center)), (N, C) each (center: (N, C), the plane
+    means, so the second sum carries no cancelling offset)."""
     n, c, h, w = x.shape
-    if on_cpu_kernels(dy, x) and x.numel() > 0 and dy.dtype == x.dtype:
-        return tuple(_C.backward_reduce(dy.contiguous(), x.contiguous()))
-    dy3, x3 = dy.reshape(n, c, h * w), x.reshape(n, c, h * w)
-    # Batched per-plane dot product: no N*C*L temporary as (dy3 * x3).sum(2) would make.
-    return dy3.sum(2), torch.matmul(dy3.unsqueeze(2), x3.unsqueeze(3)).view(n, c)
+    if on_cpu_kernels(dy, x) and x.numel() > 0 and dy.dtype == x.dtype == center.dtype:
+        return tuple(_C.backward_reduce(dy.contiguous(), x.contiguous(), center.contiguous()))
+    dy3 = dy.reshape(n, c, h * w)
+    xc = (x.reshape(n, c, h * w) - center[:, :, None]).unsqueeze(3)
+    # Batched per-plane dot product: no second N*C*L temporary as (dy3 * xc).sum(2) would make.
+    return dy3.sum(2), torch.matmul(dy3.unsqueeze(2), xc).view(n, c)
 
 
-def backward_dx(dy: Tensor, x: Tensor, s: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """dx = dy * s + x * a + b with (N, C) coefficients broadcast over each plane."""
+def backward_dx(dy: Tensor, x: Tensor, center: Tensor, s: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """dx = dy * s + (x - center) * a + b with (N, C) coefficients broadcast over each plane."""
     if on_cpu_kernels(dy, x) and x.numel() > 0 and dy.dtype == x.dtype == s.dtype:
         return _C.backward_dx(
-            dy.contiguous(), x.contiguous(), s.contiguous(), a.contiguous(), b.contiguous()
+            dy.contiguous(),
+            x.contiguous(),
+            center.contiguous(),
+            s.contiguous(),
+            a.contiguous(),
+            b.contiguous(),
         )
-    dx = torch.addcmul(b[:, :, None, None], x, a[:, :, None, None])
+    dx = (x - center[:, :, None, None]).mul_(a[:, :, None, None]).add_(b[:, :, None, None])
     return dx.addcmul_(dy, s[:, :, None, None])

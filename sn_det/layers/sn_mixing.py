@@ -1,4 +1,4 @@
-"""The (N, C)-sized half of SN: mixing IN/LN/BN moments into a per-plane scale and shift,
+"""The (N, C)-sized half of SN: mixing IN/LN/BN moments into a per-plane mean and scale,
 and its analytic backward.
 
 Everything here works on per-plane moments, never on the feature map, so it costs O(N*C).
@@ -9,9 +9,13 @@ themselves at detection shapes. On CPU both directions run as one compiled call 
 builds without the extension. The tests check both against a plain float64 autograd
 reference and with gradcheck.
 
-Notation (all (N, C) unless noted): m = mean_in, v = var_in, q = v + m^2 (E[x^2] per plane),
-pm/pv = softmax of the mean/var logits (K,), mu/sig = the mixed mean/variance,
-r = 1/sqrt(sig + eps), scale = weight * r, shift = bias - mu * scale, so y = x*scale + shift.
+Notation (all (N, C) unless noted): m = mean_in, v = var_in, pm/pv = softmax of the
+mean/var logits (K,), mu/sig = the mixed mean/variance, r = 1/sqrt(sig + eps),
+scale = weight * r, so y = (x - mu) * scale + bias.
+
+Stability: the LN/BN variances are mean(v) + mean((m - pooled mean)^2), equal in exact
+arithmetic to the published mean(v + m^2) - pooled mean^2 but a sum of non-negative terms
+that does not cancel when |mean| >> std; the backward uses the same centred differences.
 """
 
 from typing import NamedTuple, Optional, Tuple
@@ -35,7 +39,6 @@ class Mixed(NamedTuple):
     """Result of :func:`mix_forward`: what the large passes need, and what backward reuses."""
 
     scale: Tensor  # (N, C)
-    shift: Tensor  # (N, C)
     mean_in: Tensor  # (N, C)
     var_in: Tensor  # (N, C)
     mean_ln: Tensor  # (N, 1)
@@ -47,16 +50,17 @@ class Mixed(NamedTuple):
     mean: Tensor  # (N, C) mixed mean
     rstd: Tensor  # (N, C)
     weight: Tensor  # (C,)
+    bias: Tensor  # (C,)
 
 
 def batch_moments(mean_in: Tensor, var_in: Tensor) -> Tuple[Tensor, Tensor]:
     """BN-term moments of one batch from its (N, C) instance moments, N > 0:
-    mean_bn = mean_n m and var_bn = mean_n (v + m^2) - mean_bn^2, each (1, C)."""
+    mean_bn = mean_n m and var_bn = mean_n v + mean_n (m - mean_bn)^2, each (1, C)."""
     if sn_kernels.on_cpu_kernels(mean_in, var_in):
         return tuple(sn_kernels._C.batch_moments(mean_in.contiguous(), var_in.contiguous()))
     mean_bn = mean_in.mean(0, keepdim=True)
-    var_bn = torch.addcmul(var_in, mean_in, mean_in).mean(0, keepdim=True) - mean_bn * mean_bn
-    return mean_bn, var_bn
+    spread = (mean_in - mean_bn).pow_(2).mean(0, keepdim=True)
+    return mean_bn, var_in.mean(0, keepdim=True).add_(spread)
 
 
 def mix_forward(
@@ -69,7 +73,7 @@ def mix_forward(
     eps: float,
     bn_moments: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> Mixed:
-    """Mix the moments and fold them with the affine into a per-plane scale and shift.
+    """Mix the moments into the per-plane mean mu and scale = weight / sqrt(sig + eps).
 
     Args:
         mean_in, var_in: (N, C) per-plane mean and unbiased variance.
@@ -81,16 +85,19 @@ def mix_forward(
     small = (mean_in, var_in, weight, bias, mean_weight, var_weight)
     if sn_kernels.on_cpu_kernels(*small) and (mean_bn is None or mean_bn.dtype == mean_in.dtype):
         empty = mean_in.new_empty(0)
-        scale, shift, mean, rstd, mean_ln, var_ln, pm, pv = sn_kernels._C.mix_forward(
-            *(t.contiguous() for t in small),
+        scale, mean, rstd, mean_ln, var_ln, pm, pv = sn_kernels._C.mix_forward(
+            mean_in.contiguous(),
+            var_in.contiguous(),
+            weight.contiguous(),
+            mean_weight.contiguous(),
+            var_weight.contiguous(),
             eps,
             empty if mean_bn is None else mean_bn.contiguous(),
             empty if var_bn is None else var_bn.contiguous(),
         )
     else:
-        sq_in = torch.addcmul(var_in, mean_in, mean_in)
         mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = sq_in.mean(1, keepdim=True) - mean_ln * mean_ln
+        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).pow(2).mean(1, keepdim=True)
         pm = torch.softmax(mean_weight, 0)
         pv = torch.softmax(var_weight, 0)
         mean = pm[0] * mean_in + pm[1] * mean_ln
@@ -100,9 +107,8 @@ def mix_forward(
             var = var + pv[2] * var_bn
         rstd = torch.rsqrt(var + eps)
         scale = rstd * weight
-        shift = bias - mean * scale
     return Mixed(
-        scale, shift, mean_in, var_in, mean_ln, var_ln, mean_bn, var_bn, pm, pv, mean, rstd, weight
+        scale, mean_in, var_in, mean_ln, var_ln, mean_bn, var_bn, pm, pv, mean, rstd, weight, bias
     )
 
 
@@ -110,8 +116,12 @@ def _softmax_backward(p: Tensor, dp: Tensor) -> Tensor:
     return p * (dp - (p * dp).sum())
 
 
-def mix_backward(s: Mixed, g_scale: Tensor, g_shift: Tensor):
-    """Gradients of :func:`mix_forward` given dL/dscale and dL/dshift, (N, C) each.
+def mix_backward(s: Mixed, g_c: Tensor, g_shift: Tensor):
+    """Gradients of :func:`mix_forward` given the per-plane sums g_c = sum(dy * (x - m)) and
+    g_shift = sum(dy), (N, C) each.
+
+    With y = (x - mu) * scale + bias: dL/dmu = -g_shift * scale and
+    dL/dscale = sum(dy * (x - mu)) = g_c + g_shift * (m - mu).
 
     Returns:
         d_mean_in, d_var_in (N, C) through the IN and LN terms only; d_weight, d_bias (C,);
@@ -119,7 +129,7 @@ def mix_backward(s: Mixed, g_scale: Tensor, g_shift: Tensor):
         propagates the BN-term gradients into d_mean_in/d_var_in when the BN term came
         from the batch (see :func:`bn_backward`), possibly after summing them over ranks.
     """
-    if sn_kernels.on_cpu_kernels(s.mean_in, s.scale, g_scale, g_shift):
+    if sn_kernels.on_cpu_kernels(s.mean_in, s.scale, g_c, g_shift):
         empty = s.mean_in.new_empty(0)
         out = sn_kernels._C.mix_backward(
             s.mean_in.contiguous(),
@@ -134,7 +144,7 @@ def mix_backward(s: Mixed, g_scale: Tensor, g_shift: Tensor):
             s.mean,
             s.rstd,
             s.scale,
-            g_scale,
+            g_c,
             g_shift,
         )
         if s.mean_bn is None:
@@ -143,31 +153,34 @@ def mix_backward(s: Mixed, g_scale: Tensor, g_shift: Tensor):
 
     n, c = s.mean_in.shape
     d_bias = g_shift.sum(0)
-    d_mean = -g_shift * s.scale  # through shift = bias - mean * scale
-    d_scale = g_scale - g_shift * s.mean  # total gradient of scale
+    d_mean = -g_shift * s.scale
+    d_scale = g_c + g_shift * (s.mean_in - s.mean)
     d_weight = (d_scale * s.rstd).sum(0)
     # scale = weight * (var + eps)^-1/2  =>  d var = d scale * weight * -1/2 * rstd^3
     d_var = d_scale * s.weight * (-0.5) * s.rstd.pow(3)
 
     d_mean_ln = d_mean.sum(1, keepdim=True)  # (N, 1), before the mixing weight
     d_var_ln = d_var.sum(1, keepdim=True)
-    dpm = [(d_mean * s.mean_in).sum(), (d_mean_ln * s.mean_ln).sum()]
+    # Mean terms centred on the mixed mean: removes a term common to every k (sum_k pm_k = 1),
+    # which the softmax backward cancels anyway, and with it the cancellation of large means.
+    dpm = [(d_mean * (s.mean_in - s.mean)).sum(), (d_mean * (s.mean_ln - s.mean)).sum()]
     dpv = [(d_var * s.var_in).sum(), (d_var_ln * s.var_ln).sum()]
     d_mean_bn = d_var_bn = None
     if s.mean_bn is not None:
+        col_var = d_var.sum(0, keepdim=True)
         d_mean_bn = s.pm[2] * d_mean.sum(0, keepdim=True)
-        d_var_bn = s.pv[2] * d_var.sum(0, keepdim=True)
-        dpm.append((d_mean.sum(0, keepdim=True) * s.mean_bn).sum())
-        dpv.append((d_var.sum(0, keepdim=True) * s.var_bn).sum())
+        d_var_bn = s.pv[2] * col_var
+        dpm.append((d_mean * (s.mean_bn - s.mean)).sum())
+        dpv.append((col_var * s.var_bn).sum())
     d_mean_weight = _softmax_backward(s.pm, torch.stack(dpm))
     d_var_weight = _softmax_backward(s.pv, torch.stack(dpv))
 
-    # LN term: var_ln = mean_c q - mean_ln^2, mean_ln = mean_c m, with q = v + m^2.
-    g_var_ln = s.pv[1] * d_var_ln
-    g_mean_ln = s.pm[1] * d_mean_ln - 2 * s.mean_ln * g_var_ln
-    d_sq = (g_var_ln / c).expand(n, c)
-    d_mean_in = s.pm[0] * d_mean + g_mean_ln / c + 2 * s.mean_in * d_sq
-    d_var_in = s.pv[0] * d_var + d_sq
+    # LN term: mean_ln = mean_c m, var_ln = mean_c v + mean_c (m - mean_ln)^2; the latter's
+    # derivative in m is 2 (m - mean_ln) / C (the part through mean_ln sums to zero).
+    g_mean_ln = s.pm[1] * d_mean_ln / c
+    g_var_ln = s.pv[1] * d_var_ln / c
+    d_mean_in = s.pm[0] * d_mean + g_mean_ln + 2 * (s.mean_in - s.mean_ln) * g_var_ln
+    d_var_in = s.pv[0] * d_var + g_var_ln
     return d_mean_in, d_var_in, d_weight, d_bias, d_mean_weight, d_var_weight, d_mean_bn, d_var_bn
 
 
@@ -176,14 +189,12 @@ def bn_backward(
 ) -> Tuple[Tensor, Tensor]:
     """Add the gradient through batch BN moments to the instance-moment gradients.
 
-    mean_bn = sum_n m / count and var_bn = sum_n q / count - mean_bn^2, where the sums may
-    run over several ranks (then d_mean_bn/d_var_bn must already be summed over ranks).
+    mean_bn = sum_n m / count and var_bn = sum_n (v + (m - mean_bn)^2) / count, where the sums
+    may run over several ranks (then d_mean_bn/d_var_bn must already be summed over ranks).
     """
-    g_mean_bn = d_mean_bn - 2 * s.mean_bn * d_var_bn
     d_sq = d_var_bn / count
-    d_mean_in = d_mean_in + g_mean_bn / count + 2 * s.mean_in * d_sq
-    d_var_in = d_var_in + d_sq
-    return d_mean_in, d_var_in
+    d_mean_in = d_mean_in + d_mean_bn / count + 2 * (s.mean_in - s.mean_bn) * d_sq
+    return d_mean_in, d_var_in + d_sq
 
 
 def dx_coefficients(
@@ -194,13 +205,13 @@ def dx_coefficients(
     count: Optional[float],
     length: int,
 ) -> Tuple[Tensor, Tensor]:
-    """(a, b), (N, C) each, of dx = dy * scale + x * a + b.
+    """(a, b), (N, C) each, of dx = dy * scale + (x - m) * a + b.
 
     With m = mean_in, L = H*W and the instance-moment gradients completed by the batch BN
     term (:func:`bn_backward`, when ``bn_grads`` = (d_mean_bn, d_var_bn) is given):
     dx = dy * scale + d_mean_in / L + d_var_in * 2 (x - m) / (L - 1), so
-    a = d_var_in * 2 / (L - 1) and b = d_mean_in / L - a * m. For L == 1, var_in is the
-    constant 0 and a = 0.
+    a = d_var_in * 2 / (L - 1) and b = d_mean_in / L. For L == 1, var_in is the constant 0
+    and a = 0.
     """
     if sn_kernels.on_cpu_kernels(s.mean_in, d_mean_in, d_var_in):
         empty = s.mean_in.new_empty(0)
@@ -220,4 +231,4 @@ def dx_coefficients(
     if bn_grads is not None:
         d_mean_in, d_var_in = bn_backward(s, d_mean_in, d_var_in, *bn_grads, count)
     a = d_var_in * (2.0 / (length - 1)) if length > 1 else torch.zeros_like(d_var_in)
-    return a, d_mean_in / length - a * s.mean_in
+    return a, d_mean_in / length

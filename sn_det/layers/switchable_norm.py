@@ -13,7 +13,7 @@ ops elsewhere), and only the input x and (N, C)-sized tensors are kept for backw
 """
 
 import contextlib
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,11 +29,11 @@ _NO_CONTEXT = contextlib.nullcontext()
 
 
 class _SwitchNormFunction(torch.autograd.Function):
-    """y = x * scale + shift with (scale, shift) from the mixed per-plane moments of x.
+    """y = (x - mu) * scale + bias with (mu, scale) from the mixed per-plane moments of x.
 
     Forward: plane moments (one pass), the (N, C) mixing (sn_mixing), the affine (one pass).
-    Backward: g_scale = sum_hw(dy * x) and g_shift = sum_hw(dy) (one pass), the analytic
-    (N, C) backward of the mixing, then (one pass)
+    Backward: g_c = sum_hw(dy * (x - mean_in)) and g_shift = sum_hw(dy) (one pass), the
+    analytic (N, C) backward of the mixing, then (one pass)
         dx = dy * scale + d(mean_in) / L + d(var_in) * 2 (x - mean_in) / (L - 1).
     Saved for backward: x and (N, C)-sized tensors only.
     """
@@ -45,7 +45,7 @@ class _SwitchNormFunction(torch.autograd.Function):
             mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch
         )
         # A fresh 4-d tensor (not a view): callers apply relu_ to it in place.
-        y = sn_kernels.affine(x, mixed.scale, mixed.shift)
+        y = sn_kernels.affine(x, mixed.mean, mixed.scale, mixed.bias)
         ctx.save_for_backward(x)
         # One attribute: every ctx attribute access goes through Function.__getattribute__.
         ctx.state = (mixed, layer, batch_count)
@@ -56,9 +56,9 @@ class _SwitchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         (x,) = ctx.saved_tensors
         mixed, layer, batch_count = ctx.state
-        g_shift, g_scale = sn_kernels.backward_reduce(dy, x)
+        g_shift, g_c = sn_kernels.backward_reduce(dy, x, mixed.mean_in)
         d_mean_in, d_var_in, d_w, d_b, d_mw, d_vw, d_mean_bn, d_var_bn = mix_backward(
-            mixed, g_scale, g_shift
+            mixed, g_c, g_shift
         )
         bn_grads = None
         if batch_count is not None:  # the BN term came from this batch
@@ -68,7 +68,7 @@ class _SwitchNormFunction(torch.autograd.Function):
             a, b = dx_coefficients(
                 mixed, d_mean_in, d_var_in, bn_grads, batch_count, x.shape[2] * x.shape[3]
             )
-            dx = sn_kernels.backward_dx(dy, x, mixed.scale, a, b)
+            dx = sn_kernels.backward_dx(dy, x, mixed.mean_in, mixed.scale, a, b)
         return dx, d_w, d_b, d_mw, d_vw, None, None
 
 
@@ -169,11 +169,25 @@ class SwitchNorm2d(nn.Module):
             mean_in, var_in: (N, C) per-plane means and unbiased variances.
 
         Returns:
+            see :meth:`_pool_batch_moments`.
+        """
+        n = mean_in.shape[0]
+        local = batch_moments(mean_in, var_in) if n > 0 else None
+        return self._pool_batch_moments(local, n)
+
+    def _pool_batch_moments(self, local: Optional[Tuple[Tensor, Tensor]], count: int):
+        """The BN-term moments of everything that shares them, from this process's.
+
+        Args:
+            local: this process's batch (mean_bn, var_bn), each (1, C), or None without samples.
+            count: the number of samples behind ``local``.
+
+        Returns:
             (mean_bn, var_bn), each (1, C), and the number of samples they average over, or
             (None, 0) when there is no sample at all (possible only when synchronized).
-            Overridden by a synchronized layer.
+            Identity here; a synchronized layer pools over ranks.
         """
-        return batch_moments(mean_in, var_in), mean_in.shape[0]
+        return (local, count) if count > 0 else (None, 0)
 
     def _mix(self, mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch: bool):
         """Mix the (N, C) moments into per-plane scale/shift (see sn_mixing.mix_forward), and
@@ -249,7 +263,7 @@ class SwitchNorm2d(nn.Module):
                 # Inference, or tracing (which records plain ops, not a Python autograd
                 # Function): the same passes, no backward state to keep.
                 mixed, _ = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
-                y = sn_kernels.affine(x, mixed.scale, mixed.shift)
+                y = sn_kernels.affine(x, mixed.mean, mixed.scale, mixed.bias)
             else:
                 y = _SwitchNormFunction.apply(x, *params, self, use_batch)
         return y if y.dtype == in_dtype else y.to(in_dtype)
@@ -281,7 +295,8 @@ class SwitchNorm2d(nn.Module):
                 "since the last reset"
             )
         self.running_mean.div_(k)
-        self.running_var.div_(k).sub_(self.running_mean**2)
+        # E[x^2] - E[x]^2 can round below zero for a near-constant channel: a variance is >= 0.
+        self.running_var.div_(k).sub_(self.running_mean**2).clamp_(min=0)
         self.num_batches_accumulated.zero_()
         return k
 

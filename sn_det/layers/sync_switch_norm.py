@@ -3,9 +3,10 @@
 With 8 GPUs and 2 images each, plain SN's BN term sees 2 images; the synchronized layer
 computes it over all 16, each sample weighted equally. The IN and LN terms stay per sample.
 
-Only the BN term crosses ranks, and it depends on the input only through two (C,) sums, so
-each direction costs one all-reduce of 2*C + 1 numbers:
-  forward:  [sum_n mean_in, sum_n E[x^2], n] summed over ranks -> mean_bn, var_bn, count;
+Only the BN term crosses ranks, and it depends on the input only through each rank's (C,)
+batch moments, so each direction costs one collective of about 2*C numbers per rank:
+  forward:  [n, mean_bn, n * var_bn] of every rank gathered, then pooled as parallel
+            variances (spread within ranks plus spread of the rank means) -> mean_bn, var_bn, count;
   backward: [dL/dmean_bn, dL/dvar_bn] summed over ranks (the moments are shared, so every
             rank's loss contributes to their gradient), then the same per-sample chain rule
             as the local layer (sn_mixing.bn_backward with the global count).
@@ -74,21 +75,33 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         # the all-reduce (an empty batch anywhere is detected from the reduced count).
         return self.using_bn and self.training and not self.frozen
 
-    def _batch_moments(self, mean_in: Tensor, var_in: Tensor):
+    def _pool_batch_moments(self, local: Optional[Tuple[Tensor, Tensor]], count: int):
         group = self._sync_group()
         if group is None:
-            return super()._batch_moments(mean_in, var_in)
-        n, c = mean_in.shape
-        # One collective: the two (C,) sums and this rank's sample count.
-        sq_in = torch.addcmul(var_in, mean_in, mean_in)  # per-plane E[x^2]
-        packed = torch.cat([mean_in.sum(0), sq_in.sum(0), mean_in.new_full((1,), float(n))])
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
-        count = int(round(packed[2 * c].item()))  # integers are exact in float32 below 2^24
-        if count == 0:
+            return super()._pool_batch_moments(local, count)
+        c = self.num_features
+        # One collective: [n_r, mean_r (C), n_r * var_r (C)] from every rank, combined below
+        # as parallel variances are (Chan et al.): each rank's spread around its own mean plus
+        # the spread of the rank means. Summing E[x^2] instead would cancel for |mean| >> std.
+        # The dtype must agree on all ranks, including those without samples: the buffers'
+        # (float64 for a float64 layer), at least float32.
+        dtype = torch.promote_types(self.running_mean.dtype, torch.float32)
+        packed = self.running_mean.new_zeros(2 * c + 1, dtype=dtype)
+        if local is not None:
+            packed[0] = count
+            packed[1 : c + 1] = local[0].reshape(c)
+            packed[c + 1 :] = local[1].reshape(c) * count
+        gathered = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, packed, group=group)
+        stacked = torch.stack(gathered)  # (world, 2C + 1)
+        counts, means, m2 = stacked[:, :1], stacked[:, 1 : c + 1], stacked[:, c + 1 :]
+        total = int(round(counts.sum().item()))  # integers are exact in float32 below 2^24
+        if total == 0:
             return None, 0
-        mean_bn = (packed[:c] / count).view(1, c)
-        var_bn = (packed[c : 2 * c] / count).view(1, c) - mean_bn * mean_bn
-        return (mean_bn, var_bn), count
+        mean_bn = (counts * means).sum(0, keepdim=True) / total
+        spread = (counts * (means - mean_bn) ** 2).sum(0, keepdim=True)
+        var_bn = (m2.sum(0, keepdim=True) + spread) / total
+        return (mean_bn, var_bn), total
 
     def _reduce_bn_grads(self, d_mean_bn: Tensor, d_var_bn: Tensor) -> Tuple[Tensor, Tensor]:
         group = self._sync_group()

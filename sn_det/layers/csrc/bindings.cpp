@@ -6,11 +6,11 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sn_det CPU kernels for Switchable Normalization";
   m.def("moments", &moments, "per-plane mean and unbiased variance of (N, C, H, W)");
-  m.def("affine", &affine, "y = x * scale[n, c] + shift[n, c]");
-  m.def("backward_reduce", &backward_reduce, "per-plane sum(dy), sum(dy * x)");
-  m.def("backward_dx", &backward_dx, "dx = dy * s[n, c] + x * a[n, c] + b[n, c]");
-  m.def("mix_forward", &mix_forward, "the (N, C) mixing: scale, shift, mean, rstd, mean_ln, var_ln, pm, pv");
+  m.def("affine", &affine, "y = (x - center[n, c]) * scale[n, c] + bias[c]");
+  m.def("backward_reduce", &backward_reduce, "per-plane sum(dy), sum(dy * (x - center[n, c]))");
+  m.def("backward_dx", &backward_dx, "dx = dy * s[n, c] + (x - center[n, c]) * a[n, c] + b[n, c]");
+  m.def("mix_forward", &mix_forward, "the (N, C) mixing: scale, mean, rstd, mean_ln, var_ln, pm, pv");
   m.def("mix_backward", &mix_backward, "its analytic backward");
   m.def("batch_moments", &batch_moments, "BN-term moments (1, C) from the (N, C) instance moments");
-  m.def("dx_coefficients", &dx_coefficients, "a, b of dx = dy * scale + x * a + b, BN-term gradient included");
+  m.def("dx_coefficients", &dx_coefficients, "a, b of dx = dy * scale + (x - m) * a + b, BN-term gradient included");
 }

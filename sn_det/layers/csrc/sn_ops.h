@@ -6,21 +6,20 @@
 
 // switch_norm_cpu.cpp: the passes over (N, C, H, W) feature maps.
 std::vector<at::Tensor> moments(const at::Tensor& x);
-at::Tensor affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift);
-std::vector<at::Tensor> backward_reduce(const at::Tensor& dy, const at::Tensor& x);
-at::Tensor backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& s, const at::Tensor& a,
-                       const at::Tensor& b);
+at::Tensor affine(const at::Tensor& x, const at::Tensor& center, const at::Tensor& scale, const at::Tensor& bias);
+std::vector<at::Tensor> backward_reduce(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& center);
+at::Tensor backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& center, const at::Tensor& s,
+                       const at::Tensor& a, const at::Tensor& b);
 
 // switch_norm_mix_cpu.cpp: the (N, C)-sized mixing and its backward.
 std::vector<at::Tensor> mix_forward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
-                                    const at::Tensor& bias, const at::Tensor& mean_logits,
-                                    const at::Tensor& var_logits, double eps, const at::Tensor& bn_mean,
-                                    const at::Tensor& bn_var);
+                                    const at::Tensor& mean_logits, const at::Tensor& var_logits, double eps,
+                                    const at::Tensor& bn_mean, const at::Tensor& bn_var);
 std::vector<at::Tensor> mix_backward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
                                      const at::Tensor& mean_ln, const at::Tensor& var_ln, const at::Tensor& bn_mean,
                                      const at::Tensor& bn_var, const at::Tensor& pm, const at::Tensor& pv,
                                      const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale,
-                                     const at::Tensor& g_scale, const at::Tensor& g_shift);
+                                     const at::Tensor& g_c, const at::Tensor& g_shift);
 std::vector<at::Tensor> batch_moments(const at::Tensor& mean_in, const at::Tensor& var_in);
 std::vector<at::Tensor> dx_coefficients(const at::Tensor& mean_in, const at::Tensor& d_mean_in,
                                         const at::Tensor& d_var_in, const at::Tensor& bn_mean,

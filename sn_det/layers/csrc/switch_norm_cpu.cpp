@@ -3,10 +3,13 @@
 // Every kernel takes contiguous (N, C, H, W) tensors, seen as R = N*C rows ("planes") of
 // length L = H*W, and is parallel over rows, so each row is read while it is hot in cache:
 //   moments:          mean[r], unbiased var[r]        (one pass of sums shifted by the row's first value)
-//   affine:           y = x * scale[r] + shift[r]     (one read of x, one write of y)
-//   backward_reduce:  sum(dy), sum(dy * x) per row    (one read of dy and x)
-//   backward_dx:      dx = dy * s[r] + x * a[r] + b[r] (one read of dy and x, one write)
+//   affine:           y = (x - center[r]) * scale[r] + bias[c]        (one read of x, one write of y)
+//   backward_reduce:  sum(dy), sum(dy * (x - center[r])) per row      (one read of dy and x)
+//   backward_dx:      dx = dy * s[r] + (x - center[r]) * a[r] + b[r]  (one read of dy and x, one write)
 // Accumulation uses at::opmath_type (float for float, double for double).
+// Why every pass subtracts a per-row center (a mean of the row) instead of folding it into
+// an offset: with data far from zero (|mean| >> std), x * scale + (bias - mean * scale)
+// cancels two large terms in the output's precision; x - center is exact when both are close.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ATen.h>
@@ -90,31 +93,32 @@ void moments_impl(const scalar_t* x, scalar_t* mean, scalar_t* var, int64_t rows
 }
 
 template <typename scalar_t>
-void affine_impl(const scalar_t* x, const scalar_t* scale, const scalar_t* shift, scalar_t* y,
-                 int64_t rows, int64_t len) {
+void affine_impl(const scalar_t* x, const scalar_t* center, const scalar_t* scale, const scalar_t* bias,
+                 scalar_t* y, int64_t rows, int64_t channels, int64_t len) {
   at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* xr = x + r * len;
       scalar_t* yr = y + r * len;
-      const scalar_t a = scale[r], b = shift[r];
+      const scalar_t m = center[r], a = scale[r], b = bias[r % channels];
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) yr[i] = xr[i] * a + b;
+      for (int64_t i = 0; i < len; ++i) yr[i] = (xr[i] - m) * a + b;
     }
   });
 }
 
 template <typename scalar_t>
-void backward_reduce_impl(const scalar_t* dy, const scalar_t* x, scalar_t* sum_dy, scalar_t* sum_dy_x,
-                          int64_t rows, int64_t len) {
+void backward_reduce_impl(const scalar_t* dy, const scalar_t* x, const scalar_t* center, scalar_t* sum_dy,
+                          scalar_t* sum_dy_x, int64_t rows, int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* g = dy + r * len;
       const scalar_t* xr = x + r * len;
+      const acc_t m = center[r];
       acc_t s = 0, sx = 0;
       row_sums<acc_t>(
           len, [g](int64_t i) { return acc_t(g[i]); },
-          [g, xr](int64_t i) { return acc_t(g[i]) * acc_t(xr[i]); }, s, sx);
+          [g, xr, m](int64_t i) { return acc_t(g[i]) * (acc_t(xr[i]) - m); }, s, sx);
       sum_dy[r] = scalar_t(s);
       sum_dy_x[r] = scalar_t(sx);
     }
@@ -122,16 +126,16 @@ void backward_reduce_impl(const scalar_t* dy, const scalar_t* x, scalar_t* sum_d
 }
 
 template <typename scalar_t>
-void backward_dx_impl(const scalar_t* dy, const scalar_t* x, const scalar_t* s, const scalar_t* a,
-                      const scalar_t* b, scalar_t* dx, int64_t rows, int64_t len) {
+void backward_dx_impl(const scalar_t* dy, const scalar_t* x, const scalar_t* center, const scalar_t* s,
+                      const scalar_t* a, const scalar_t* b, scalar_t* dx, int64_t rows, int64_t len) {
   at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* g = dy + r * len;
       const scalar_t* xr = x + r * len;
       scalar_t* o = dx + r * len;
-      const scalar_t sr = s[r], ar = a[r], br = b[r];
+      const scalar_t m = center[r], sr = s[r], ar = a[r], br = b[r];
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) o[i] = g[i] * sr + xr[i] * ar + br;
+      for (int64_t i = 0; i < len; ++i) o[i] = g[i] * sr + (xr[i] - m) * ar + br;
     }
   });
 }
@@ -149,45 +153,49 @@ std::vector<at::Tensor> moments(const at::Tensor& x) {
   return {mean, var};
 }
 
-at::Tensor affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
+static void check_rows(const at::Tensor& t, const at::Tensor& x, int64_t count) {
+  TORCH_CHECK(t.is_contiguous() && t.numel() == count && t.scalar_type() == x.scalar_type(),
+              "per-row (per-channel for bias) coefficients must be contiguous, of x's dtype");
+}
+
+at::Tensor affine(const at::Tensor& x, const at::Tensor& center, const at::Tensor& scale, const at::Tensor& bias) {
   check_planes(x, "x");
-  TORCH_CHECK(scale.is_contiguous() && shift.is_contiguous() && scale.numel() == num_rows(x) &&
-                  shift.numel() == num_rows(x) && scale.scalar_type() == x.scalar_type() &&
-                  shift.scalar_type() == x.scalar_type(),
-              "scale and shift must be contiguous, one value per row, of x's dtype");
+  check_rows(center, x, num_rows(x));
+  check_rows(scale, x, num_rows(x));
+  check_rows(bias, x, x.size(1));
   auto y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sn_affine", [&] {
-    affine_impl<scalar_t>(x.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(),
-                          y.data_ptr<scalar_t>(), num_rows(x), row_len(x));
+    affine_impl<scalar_t>(x.data_ptr<scalar_t>(), center.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
+                          bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), num_rows(x), x.size(1), row_len(x));
   });
   return y;
 }
 
-std::vector<at::Tensor> backward_reduce(const at::Tensor& dy, const at::Tensor& x) {
+std::vector<at::Tensor> backward_reduce(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& center) {
   check_planes(dy, "dy");
   check_planes(x, "x");
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy and x must match");
+  check_rows(center, x, num_rows(x));
   auto sum_dy = at::empty({x.size(0), x.size(1)}, x.options());
   auto sum_dy_x = at::empty({x.size(0), x.size(1)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sn_backward_reduce", [&] {
-    backward_reduce_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), sum_dy.data_ptr<scalar_t>(),
+    backward_reduce_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), center.data_ptr<scalar_t>(),
+                                   sum_dy.data_ptr<scalar_t>(),
                                    sum_dy_x.data_ptr<scalar_t>(), num_rows(x), row_len(x));
   });
   return {sum_dy, sum_dy_x};
 }
 
-at::Tensor backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& s, const at::Tensor& a,
-                       const at::Tensor& b) {
+at::Tensor backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& center, const at::Tensor& s,
+                       const at::Tensor& a, const at::Tensor& b) {
   check_planes(dy, "dy");
   check_planes(x, "x");
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy and x must match");
-  for (const at::Tensor* t : {&s, &a, &b}) {
-    TORCH_CHECK(t->is_contiguous() && t->numel() == num_rows(x) && t->scalar_type() == x.scalar_type(),
-                "per-row coefficients must be contiguous, one value per row, of x's dtype");
-  }
+  for (const at::Tensor* t : {&center, &s, &a, &b}) check_rows(*t, x, num_rows(x));
   auto dx = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sn_backward_dx", [&] {
-    backward_dx_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
+    backward_dx_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), center.data_ptr<scalar_t>(),
+                               s.data_ptr<scalar_t>(),
                                a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), num_rows(x),
                                row_len(x));
   });
