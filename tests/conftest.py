@@ -5,6 +5,11 @@ import sys
 import pytest
 import torch
 
+# Without a GPU, the Triton kernels run on CPU tensors in Triton's interpreter (read when a
+# kernel is defined, so before anything imports sn_det's Triton module).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Tests import their plain reference implementations (sn_reference.py) from this folder.
 sys.path.insert(0, os.path.dirname(__file__))
 # 2-core CI machines: keep intra-op threads bounded and runs reproducible.

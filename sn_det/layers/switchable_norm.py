@@ -27,6 +27,29 @@ __all__ = ["SwitchNorm2d", "freeze_switch_norms"]
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 _NO_CONTEXT = contextlib.nullcontext()
 
+# Backends, by device (see _triton_function): the Triton kernels (switch_norm_triton.py) on
+# CUDA for float32/float16/bfloat16; otherwise _SwitchNormFunction, whose large passes run on
+# the compiled CPU kernels on CPU and on torch ops elsewhere. TRITON_ON_CPU sends CPU tensors
+# to the Triton kernels too, for tests under TRITON_INTERPRET=1 (the suite's GPU-less check).
+TRITON_ON_CPU = False
+_triton_module = None  # imported on first use: importing triton costs time at start-up
+
+
+def _triton_function(x: Tensor):
+    """The Triton autograd Function when it handles ``x``, else None."""
+    global _triton_module
+    if not (x.is_cuda or TRITON_ON_CPU) or x.shape[0] == 0 or torch.jit.is_tracing():
+        return None  # N == 0 has nothing to compute: the torch-ops path defines it
+    if _triton_module is None:
+        try:
+            from . import switch_norm_triton as module
+        except ImportError:  # no triton: the torch-ops path serves CUDA too
+            module = False
+        _triton_module = module
+    if _triton_module is False or not _triton_module.supports(x):
+        return None
+    return _triton_module.SwitchNormTritonFunction
+
 
 class _SwitchNormFunction(torch.autograd.Function):
     """y = (x - mu) * scale + bias with (mu, scale) from the mixed per-plane moments of x.
@@ -246,12 +269,16 @@ class SwitchNorm2d(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) got an input with {x.shape[1]} channels"
             )
+        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
+        triton_fn = _triton_function(x)
+        if triton_fn is not None:
+            # Reads half-precision inputs as they are (float32 statistics inside the kernels).
+            return triton_fn.apply(x, *params, self, self._uses_batch_statistics(x))
         in_dtype = x.dtype
         if in_dtype in _HALF_TYPES:
             x = x.float()  # statistics in fp32: E[x^2] - E[x]^2 cancels badly in half precision
         use_batch = self._uses_batch_statistics(x)
 
-        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
         # Under autocast the small (N, C) math must stay in fp32; entering the context costs
         # more than the rest of a small layer, so only when autocast is on.
         autocast_on = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()

@@ -1,0 +1,834 @@
+"""Switchable Normalization in Triton: the GPU implementation of SwitchNorm2d/SyncSwitchNorm2d.
+
+Eight kernel launches per training step of a layer (forward + backward), whatever the shape:
+
+    forward   _plane_moments    (N, C, L) -> per-plane mean and M2, split along L when there are
+                                  few planes (partials combined by the next kernels)
+              _batch_stats      BN term: per-channel mean/var over the batch (training only)
+              [SyncSN: the (C,) moments of all ranks are pooled here, torch.distributed]
+              _mix_rows         LN term per sample, the IN/LN/BN mix, mu/scale/rstd per plane,
+                                  the running-statistics update
+              _affine           y = (x - mu) * scale + bias
+    backward  _backward_sums    per-plane sum(dy) and sum(dy * (x - mean_in)), split like above
+              _backward_cols    per-channel sums: d_weight, d_bias, the BN-term gradients and the
+                                  switch-logit gradients' partial sums
+              [SyncSN: the BN-term gradients summed over ranks]
+              _backward_rows    per-plane coefficients a, b of dx, the switch-logit gradients
+              _backward_dx      dx = dy * scale + (x - mean_in) * a + b
+
+Statistics accumulate in float32 whatever the input dtype (float32/float16/bfloat16), and no
+float32 copy of a half-precision input is made: the large passes read the input as it is.
+Every variance is a sum of non-negative terms (chunk variances merged as parallel variances,
+Chan et al.), so none cancels for data far from zero. Inputs may be contiguous or
+channels_last; the (N, C, L) view of either is passed as strides.
+
+The kernels avoid constructs that the pinned Triton 2.3 interpreter lacks (runtime ``if`` on
+tensors, ``tl.minimum``/``tl.maximum`` with Python scalars, ``x[:, None]``, reductions to 0-d),
+so the suite runs them on CPU tensors under ``TRITON_INTERPRET=1``; the same code compiles with
+Triton 3.x.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["SwitchNormTritonFunction", "supports"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Programs to aim for in the plane passes, per streaming multiprocessor: enough to cover the
+# GPU when there are few (n, c) planes. On CPU tensors (the interpreter) a small fixed number,
+# so that small test shapes still exercise the split path.
+_PROGRAMS_PER_SM = 4
+INTERPRETER_TARGET_PROGRAMS = 8
+
+
+def supports(x: Tensor) -> bool:
+    """Whether this implementation handles ``x`` (dtype and a layout it can stride through)."""
+    return x.dtype in SUPPORTED_DTYPES and x.dim() == 4 and _plane_strides(x) is not None
+
+
+# ---------------------------------------------------------------------------------- helpers
+@triton.jit
+def _min(a, b):
+    return tl.where(a < b, a, b)
+
+
+@triton.jit
+def _max(a, b):
+    return tl.where(a > b, a, b)
+
+
+@triton.jit
+def _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, NC):
+    """Merge the S per-split (mean, M2) partials of the planes ``idx`` (any shape) into the
+    plane mean and unbiased variance, as parallel variances: no cancellation."""
+    mean = tl.zeros(idx.shape, dtype=tl.float32)
+    m2 = tl.zeros(idx.shape, dtype=tl.float32)
+    n_a = 0.0
+    for s in range(0, S):
+        cnt = _max(_min(L - s * span, span), 0).to(tl.float32)
+        mean_s = tl.load(mean_ptr + s * NC + idx, mask=mask, other=0.0)
+        m2_s = tl.load(m2_ptr + s * NC + idx, mask=mask, other=0.0)
+        tot = n_a + cnt
+        frac = cnt / _max(tot, 1.0)
+        delta = mean_s - mean
+        mean = mean + delta * frac
+        m2 = m2 + m2_s + delta * delta * n_a * frac
+        n_a = tot
+    # L == 1: the unbiased variance would be 0/0; the variance of one element is 0.
+    var = m2 / _max(L - 1, 1).to(tl.float32)
+    return mean, var
+
+
+@triton.jit
+def _softmax3(ptr, K: tl.constexpr):  # noqa: N803
+    """Softmax of the K (2 or 3) switch logits at ``ptr``, as three scalars (p2 = 0 if K == 2)."""
+    l0 = tl.load(ptr).to(tl.float32)
+    l1 = tl.load(ptr + 1).to(tl.float32)
+    if K == 3:
+        l2 = tl.load(ptr + 2).to(tl.float32)
+    else:
+        l2 = l0
+    mx = _max(_max(l0, l1), l2)
+    e0 = tl.exp(l0 - mx)
+    e1 = tl.exp(l1 - mx)
+    if K == 3:
+        e2 = tl.exp(l2 - mx)
+    else:
+        e2 = e0 * 0.0
+    total = e0 + e1 + e2
+    return e0 / total, e1 / total, e2 / total
+
+
+# ---------------------------------------------------------------------------------- forward
+@triton.jit
+def _plane_moments_kernel(
+    x_ptr,
+    mean_ptr,
+    m2_ptr,  # x (N, C, L) by strides; partials (S, N*C) float32
+    N,
+    C,
+    L,
+    s_n,
+    s_c,
+    s_l,
+    span,
+    chunks_per_split,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    """Program (n, channel block, split s): mean and M2 = sum (x - mean)^2 of its planes over
+    positions [s * span, (s + 1) * span), chunk by chunk, each chunk merged as a parallel variance.
+    """
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // c_blocks
+    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cs < C
+    base = x_ptr + n.to(tl.int64) * s_n + tl.expand_dims(cs.to(tl.int64) * s_c, 1)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    n_a = 0.0
+    for i in range(0, chunks_per_split):
+        l0 = split * span + i * BLOCK_L
+        ls = l0 + tl.arange(0, BLOCK_L)
+        mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
+        x = tl.load(base + tl.expand_dims(ls.to(tl.int64) * s_l, 0), mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        cnt = _max(_min(L - l0, BLOCK_L), 0).to(tl.float32)
+        mean_c = tl.sum(x, axis=1) / _max(cnt, 1.0)
+        d = tl.where(mask, x - tl.expand_dims(mean_c, 1), 0.0)
+        m2_c = tl.sum(d * d, axis=1)
+        tot = n_a + cnt
+        frac = cnt / _max(tot, 1.0)
+        delta = mean_c - mean
+        mean = mean + delta * frac
+        m2 = m2 + m2_c + delta * delta * n_a * frac
+        n_a = tot
+    out = split * N * C + n * C + cs
+    tl.store(mean_ptr + out, mean, mask=c_mask)
+    tl.store(m2_ptr + out, m2, mask=c_mask)
+
+
+@triton.jit
+def _batch_stats_kernel(
+    mean_ptr,
+    m2_ptr,  # split partials (S, N*C)
+    bn_mean_ptr,
+    bn_var_ptr,  # (C,) float32 out
+    N,
+    C,
+    L,
+    S,
+    span,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Program (channel block): mean_bn = mean_n m, var_bn = mean_n v + mean_n (m - mean_bn)^2,
+    over the samples in blocks of BLOCK_N, merged as parallel variances."""
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cs < C
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_v = tl.zeros([BLOCK_C], dtype=tl.float32)
+    n_a = 0.0
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        mask = tl.expand_dims(ns < N, 1) & tl.expand_dims(c_mask, 0)
+        idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
+        m, v = _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, N * C)
+        cnt = _min(N - n0, BLOCK_N).to(tl.float32)
+        mean_b = tl.sum(tl.where(mask, m, 0.0), axis=0) / cnt
+        d = tl.where(mask, m - tl.expand_dims(mean_b, 0), 0.0)
+        m2_b = tl.sum(d * d, axis=0)
+        sum_v += tl.sum(tl.where(mask, v, 0.0), axis=0)
+        tot = n_a + cnt
+        frac = cnt / tot
+        delta = mean_b - mean
+        mean = mean + delta * frac
+        m2 = m2 + m2_b + delta * delta * n_a * frac
+        n_a = tot
+    tl.store(bn_mean_ptr + cs, mean, mask=c_mask)
+    tl.store(bn_var_ptr + cs, (sum_v + m2) / N, mask=c_mask)
+
+
+@triton.jit
+def _mix_rows_kernel(
+    mean_ptr,
+    m2_ptr,  # split partials (S, N*C)
+    weight_ptr,
+    mean_logit_ptr,
+    var_logit_ptr,
+    bn_mean_ptr,
+    bn_var_ptr,  # (C,) BN term: batch moments or running statistics
+    run_mean_ptr,
+    run_var_ptr,  # (C,) running statistics, updated in place if UPDATE
+    mean_in_ptr,
+    var_in_ptr,
+    ln_mean_ptr,
+    ln_var_ptr,  # outputs (N*C), (N*C), (N,), (N,)
+    mu_ptr,
+    scale_ptr,
+    rstd_ptr,  # outputs (N*C) float32
+    N,
+    C,
+    L,
+    S,
+    span,
+    eps,
+    momentum,
+    K: tl.constexpr,
+    UPDATE: tl.constexpr,
+    MOVING: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Program (block of samples): the plane moments (from the split partials), the LN moments
+    of each sample (first loop over C), then per plane mu, rstd and scale = weight * rstd
+    (second loop). The program holding sample 0 also folds the batch BN moments into the
+    running statistics (UPDATE; MOVING: running = momentum * running + (1 - momentum) * batch,
+    else the batch-average sums)."""
+    ns = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = ns < N
+    pm0, pm1, pm2 = _softmax3(mean_logit_ptr, K)
+    pv0, pv1, pv2 = _softmax3(var_logit_ptr, K)
+    ln_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+    ln_m2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    sum_v = tl.zeros([BLOCK_N], dtype=tl.float32)
+    n_a = 0.0
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(cs < C, 0)
+        idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
+        m, v = _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, N * C)
+        tl.store(mean_in_ptr + idx, m, mask=mask)
+        tl.store(var_in_ptr + idx, v, mask=mask)
+        cnt = _min(C - c0, BLOCK_C).to(tl.float32)
+        mean_b = tl.sum(tl.where(mask, m, 0.0), axis=1) / cnt
+        d = tl.where(mask, m - tl.expand_dims(mean_b, 1), 0.0)
+        m2_b = tl.sum(d * d, axis=1)
+        sum_v += tl.sum(tl.where(mask, v, 0.0), axis=1)
+        tot = n_a + cnt
+        frac = cnt / tot
+        delta = mean_b - ln_mean
+        ln_mean = ln_mean + delta * frac
+        ln_m2 = ln_m2 + m2_b + delta * delta * n_a * frac
+        n_a = tot
+    ln_var = (sum_v + ln_m2) / C
+    tl.store(ln_mean_ptr + ns, ln_mean, mask=n_mask)
+    tl.store(ln_var_ptr + ns, ln_var, mask=n_mask)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cs < C
+        mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(c_mask, 0)
+        idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
+        m = tl.load(mean_in_ptr + idx, mask=mask, other=0.0)
+        v = tl.load(var_in_ptr + idx, mask=mask, other=0.0)
+        mu = pm0 * m + pm1 * tl.expand_dims(ln_mean, 1)
+        sig = pv0 * v + pv1 * tl.expand_dims(ln_var, 1)
+        if K == 3:
+            bm = tl.load(bn_mean_ptr + cs, mask=c_mask, other=0.0).to(tl.float32)
+            bv = tl.load(bn_var_ptr + cs, mask=c_mask, other=0.0).to(tl.float32)
+            mu += pm2 * tl.expand_dims(bm, 0)
+            sig += pv2 * tl.expand_dims(bv, 0)
+            if UPDATE:
+                first = (tl.expand_dims(ns, 1) == 0) & mask  # the row of sample 0 only
+                cidx = tl.expand_dims(cs, 0) + tl.expand_dims(ns * 0, 1)  # (n, c) -> c
+                zero = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+                bm2 = tl.expand_dims(bm, 0) + zero
+                bv2 = tl.expand_dims(bv, 0) + zero
+                rm = tl.load(run_mean_ptr + cidx, mask=first, other=0.0).to(tl.float32)
+                rv = tl.load(run_var_ptr + cidx, mask=first, other=0.0).to(tl.float32)
+                if MOVING:  # momentum weighs the OLD value (the SN papers' convention)
+                    rm = momentum * rm + (1.0 - momentum) * bm2
+                    rv = momentum * rv + (1.0 - momentum) * bv2
+                else:  # batch-average mode: sums of mean and of E[x^2], finalised later
+                    rm = rm + bm2
+                    rv = rv + bm2 * bm2 + bv2
+                tl.store(run_mean_ptr + cidx, rm, mask=first)
+                tl.store(run_var_ptr + cidx, rv, mask=first)
+        rstd = 1.0 / tl.sqrt(sig + eps)
+        w = tl.load(weight_ptr + cs, mask=c_mask, other=0.0).to(tl.float32)
+        tl.store(mu_ptr + idx, mu, mask=mask)
+        tl.store(rstd_ptr + idx, rstd, mask=mask)
+        tl.store(scale_ptr + idx, rstd * tl.expand_dims(w, 0), mask=mask)
+
+
+@triton.jit
+def _affine_kernel(
+    x_ptr,
+    y_ptr,
+    mu_ptr,
+    scale_ptr,
+    bias_ptr,
+    C,
+    L,
+    s_n,
+    s_c,
+    s_l,
+    t_n,
+    t_c,
+    t_l,  # strides of x and of y
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    """Program (n, channel block, position block): y = (x - mu) * scale + bias."""
+    pid = tl.program_id(0)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // c_blocks
+    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ls = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    c_mask = cs < C
+    mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
+    mu = tl.load(mu_ptr + n * C + cs, mask=c_mask, other=0.0)
+    scale = tl.load(scale_ptr + n * C + cs, mask=c_mask, other=0.0)
+    bias = tl.load(bias_ptr + cs, mask=c_mask, other=0.0).to(tl.float32)
+    cs64 = tl.expand_dims(cs.to(tl.int64), 1)
+    ls64 = tl.expand_dims(ls.to(tl.int64), 0)
+    n64 = n.to(tl.int64)
+    x = tl.load(x_ptr + n64 * s_n + cs64 * s_c + ls64 * s_l, mask=mask, other=0.0)
+    y = (x.to(tl.float32) - tl.expand_dims(mu, 1)) * tl.expand_dims(scale, 1)
+    y = y + tl.expand_dims(bias, 1)
+    tl.store(y_ptr + n64 * t_n + cs64 * t_c + ls64 * t_l, y, mask=mask)
+
+
+# ---------------------------------------------------------------------------------- backward
+@triton.jit
+def _backward_sums_kernel(
+    dy_ptr,
+    x_ptr,
+    mean_in_ptr,
+    g_shift_ptr,
+    g_c_ptr,  # partial sums (S, N*C) float32 out
+    N,
+    C,
+    L,
+    s_n,
+    s_c,
+    s_l,
+    t_n,
+    t_c,
+    t_l,  # strides of x and of dy
+    span,
+    chunks_per_split,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    """Program (n, channel block, split): sum(dy) and sum(dy * (x - mean_in)) over its span."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // c_blocks
+    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cs < C
+    m = tl.load(mean_in_ptr + n * C + cs, mask=c_mask, other=0.0)
+    n64 = n.to(tl.int64)
+    cs64 = tl.expand_dims(cs.to(tl.int64), 1)
+    acc_g = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_gx = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for i in range(0, chunks_per_split):
+        ls = split * span + i * BLOCK_L + tl.arange(0, BLOCK_L)
+        mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
+        ls64 = tl.expand_dims(ls.to(tl.int64), 0)
+        x = tl.load(x_ptr + n64 * s_n + cs64 * s_c + ls64 * s_l, mask=mask, other=0.0)
+        g = tl.load(dy_ptr + n64 * t_n + cs64 * t_c + ls64 * t_l, mask=mask, other=0.0)
+        g = g.to(tl.float32)
+        xc = tl.where(mask, x.to(tl.float32) - tl.expand_dims(m, 1), 0.0)
+        acc_g += tl.sum(g, axis=1)
+        acc_gx += tl.sum(g * xc, axis=1)
+    out = split * N * C + n * C + cs
+    tl.store(g_shift_ptr + out, acc_g, mask=c_mask)
+    tl.store(g_c_ptr + out, acc_gx, mask=c_mask)
+
+
+@triton.jit
+def _mix_grads(g_shift_ptr, g_c_ptr, idx, mask, S, NC, m, mu, scale, rstd, w):
+    """Per plane: the summed g_shift, d_mean = dL/dmu, d_scale = dL/dscale and d_var = dL/dsig,
+    for y = (x - mu) * scale + bias with scale = w * rstd, rstd = (sig + eps)^-1/2."""
+    g_shift = tl.zeros(idx.shape, dtype=tl.float32)
+    g_c = tl.zeros(idx.shape, dtype=tl.float32)
+    for s in range(0, S):
+        g_shift += tl.load(g_shift_ptr + s * NC + idx, mask=mask, other=0.0)
+        g_c += tl.load(g_c_ptr + s * NC + idx, mask=mask, other=0.0)
+    d_mean = -g_shift * scale
+    d_scale = g_c + g_shift * (m - mu)  # sum dy (x - mu), without cancelling mu
+    d_var = d_scale * w * -0.5 * rstd * rstd * rstd
+    return g_shift, d_mean, d_scale, d_var
+
+
+@triton.jit
+def _backward_cols_kernel(
+    g_shift_ptr,
+    g_c_ptr,  # partial sums (S, N*C)
+    mean_in_ptr,
+    var_in_ptr,
+    ln_mean_ptr,
+    ln_var_ptr,
+    mu_ptr,
+    scale_ptr,
+    rstd_ptr,
+    weight_ptr,
+    mean_logit_ptr,
+    var_logit_ptr,
+    bn_mean_ptr,
+    bn_var_ptr,
+    d_weight_ptr,
+    d_bias_ptr,  # (C,) in the parameters' dtype
+    d_mean_bn_ptr,
+    d_var_bn_ptr,  # (C,) float32: gradients of the BN-term mean and variance
+    logit_ptr,  # (6, C) float32: per-channel partial sums of the switch-logit gradients
+    N,
+    C,
+    S,
+    K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Program (channel block): sums over the samples. The logit partials are the mean terms
+    sum d_mean * (mean_k - mu) (centred on the mixed mean: the softmax backward cancels the
+    common part, and with it the cancellation of large means) and sum d_var * var_k."""
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cs < C
+    _, _, pm2 = _softmax3(mean_logit_ptr, K)
+    _, _, pv2 = _softmax3(var_logit_ptr, K)
+    w = tl.expand_dims(tl.load(weight_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
+    if K == 3:
+        bm = tl.expand_dims(tl.load(bn_mean_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
+        bv = tl.expand_dims(tl.load(bn_var_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
+    acc_w = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_m = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_v = tl.zeros([BLOCK_C], dtype=tl.float32)
+    lp0 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    lp1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    lp2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    lv0 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    lv1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    lv2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        n_mask = ns < N
+        mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(c_mask, 0)
+        idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
+        m = tl.load(mean_in_ptr + idx, mask=mask, other=0.0)
+        v = tl.load(var_in_ptr + idx, mask=mask, other=0.0)
+        mu = tl.load(mu_ptr + idx, mask=mask, other=0.0)
+        scale = tl.load(scale_ptr + idx, mask=mask, other=0.0)
+        rstd = tl.load(rstd_ptr + idx, mask=mask, other=0.0)
+        ml = tl.expand_dims(tl.load(ln_mean_ptr + ns, mask=n_mask, other=0.0), 1)
+        vl = tl.expand_dims(tl.load(ln_var_ptr + ns, mask=n_mask, other=0.0), 1)
+        g_shift, d_mean, d_scale, d_var = _mix_grads(
+            g_shift_ptr, g_c_ptr, idx, mask, S, N * C, m, mu, scale, rstd, w
+        )
+        acc_w += tl.sum(d_scale * rstd, axis=0)
+        acc_b += tl.sum(g_shift, axis=0)
+        acc_m += tl.sum(d_mean, axis=0)
+        acc_v += tl.sum(d_var, axis=0)
+        lp0 += tl.sum(d_mean * (m - mu), axis=0)
+        lp1 += tl.sum(tl.where(mask, d_mean * (ml - mu), 0.0), axis=0)
+        lv0 += tl.sum(d_var * v, axis=0)
+        lv1 += tl.sum(d_var * vl, axis=0)
+        if K == 3:
+            lp2 += tl.sum(tl.where(mask, d_mean * (bm - mu), 0.0), axis=0)
+            lv2 += tl.sum(d_var * bv, axis=0)
+    tl.store(d_weight_ptr + cs, acc_w, mask=c_mask)
+    tl.store(d_bias_ptr + cs, acc_b, mask=c_mask)
+    tl.store(d_mean_bn_ptr + cs, pm2 * acc_m, mask=c_mask)
+    tl.store(d_var_bn_ptr + cs, pv2 * acc_v, mask=c_mask)
+    tl.store(logit_ptr + cs, lp0, mask=c_mask)
+    tl.store(logit_ptr + C + cs, lp1, mask=c_mask)
+    tl.store(logit_ptr + 2 * C + cs, lp2, mask=c_mask)
+    tl.store(logit_ptr + 3 * C + cs, lv0, mask=c_mask)
+    tl.store(logit_ptr + 4 * C + cs, lv1, mask=c_mask)
+    tl.store(logit_ptr + 5 * C + cs, lv2, mask=c_mask)
+
+
+@triton.jit
+def _logit_grads(logit_ptr, p0, p1, p2, row, C, BLOCK_C: tl.constexpr):
+    """Softmax backward of one logit vector from the (3, C) partials starting at ``row``:
+    d logit_k = p_k (dp_k - sum_j p_j dp_j), as a [1, 4] tile (lanes 0..2)."""
+    lanes = tl.expand_dims(tl.arange(0, 4), 0)
+    dp = tl.zeros([1, 4], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_mask = tl.expand_dims(cs < C, 1)
+        idx = tl.expand_dims(cs, 1) + lanes * C
+        part = tl.load(logit_ptr + row * C + idx, mask=c_mask & (lanes < 3), other=0.0)
+        dp += tl.expand_dims(tl.sum(part, axis=0), 0)
+    p = tl.where(lanes == 0, p0, tl.where(lanes == 1, p1, tl.where(lanes == 2, p2, 0.0)))
+    total = tl.sum(p * dp, axis=1)
+    return p * (dp - tl.expand_dims(total, 1)), lanes
+
+
+@triton.jit
+def _backward_rows_kernel(
+    g_shift_ptr,
+    g_c_ptr,  # partial sums (S, N*C)
+    mean_in_ptr,
+    ln_mean_ptr,
+    mu_ptr,
+    scale_ptr,
+    rstd_ptr,
+    weight_ptr,
+    mean_logit_ptr,
+    var_logit_ptr,
+    bn_mean_ptr,
+    d_mean_bn_ptr,
+    d_var_bn_ptr,  # BN term and its (rank-summed) gradients
+    logit_ptr,  # (6, C) partials from _backward_cols
+    a_ptr,
+    b_ptr,  # (N*C) float32 out: dx = dy * scale + (x - mean_in) * a + b
+    d_mean_logit_ptr,
+    d_var_logit_ptr,  # (K,) out, in the parameters' dtype
+    N,
+    C,
+    L,
+    S,
+    count,
+    K: tl.constexpr,
+    BN_BATCH: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Program (block of samples): the instance-moment gradients through IN, LN and (BN_BATCH:
+    the BN term came from this batch of ``count`` samples) BN, turned into the coefficients
+    of dx. Program 0 also stores the switch-logit gradients."""
+    pid = tl.program_id(0)
+    ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = ns < N
+    pm0, pm1, pm2 = _softmax3(mean_logit_ptr, K)
+    pv0, pv1, pv2 = _softmax3(var_logit_ptr, K)
+    row_m = tl.zeros([BLOCK_N], dtype=tl.float32)
+    row_v = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):  # first: the LN-term sums over channels
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cs < C
+        mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(c_mask, 0)
+        idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
+        w = tl.expand_dims(tl.load(weight_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
+        m = tl.load(mean_in_ptr + idx, mask=mask, other=0.0)
+        mu = tl.load(mu_ptr + idx, mask=mask, other=0.0)
+        scale = tl.load(scale_ptr + idx, mask=mask, other=0.0)
+        rstd = tl.load(rstd_ptr + idx, mask=mask, other=0.0)
+        _, d_mean, _, d_var = _mix_grads(
+            g_shift_ptr, g_c_ptr, idx, mask, S, N * C, m, mu, scale, rstd, w
+        )
+        row_m += tl.sum(d_mean, axis=1)
+        row_v += tl.sum(d_var, axis=1)
+    ml = tl.expand_dims(tl.load(ln_mean_ptr + ns, mask=n_mask, other=0.0), 1)
+    # LN: mean_ln = mean_c m, var_ln = mean_c v + mean_c (m - mean_ln)^2 (derivative in m:
+    # 2 (m - mean_ln) / C; the part through mean_ln sums to zero).
+    g_ml = tl.expand_dims(pm1 * row_m / C, 1)
+    g_vl = tl.expand_dims(pv1 * row_v / C, 1)
+    two_over_l1 = tl.where(L > 1, 2.0 / _max(L - 1, 1).to(tl.float32), 0.0)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cs < C
+        mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(c_mask, 0)
+        idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
+        w = tl.expand_dims(tl.load(weight_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
+        m = tl.load(mean_in_ptr + idx, mask=mask, other=0.0)
+        mu = tl.load(mu_ptr + idx, mask=mask, other=0.0)
+        scale = tl.load(scale_ptr + idx, mask=mask, other=0.0)
+        rstd = tl.load(rstd_ptr + idx, mask=mask, other=0.0)
+        _, d_mean, _, d_var = _mix_grads(
+            g_shift_ptr, g_c_ptr, idx, mask, S, N * C, m, mu, scale, rstd, w
+        )
+        d_mean_in = pm0 * d_mean + g_ml + 2.0 * (m - ml) * g_vl
+        d_var_in = pv0 * d_var + g_vl
+        if BN_BATCH:  # mean_bn = mean_n m, var_bn = mean_n v + mean_n (m - mean_bn)^2
+            bm = tl.load(bn_mean_ptr + cs, mask=c_mask, other=0.0).to(tl.float32)
+            dbm = tl.load(d_mean_bn_ptr + cs, mask=c_mask, other=0.0)
+            dbv = tl.load(d_var_bn_ptr + cs, mask=c_mask, other=0.0)
+            d_sq = tl.expand_dims(dbv / count, 0)
+            d_mean_in += tl.expand_dims(dbm / count, 0)
+            d_mean_in += 2.0 * (m - tl.expand_dims(bm, 0)) * d_sq
+            d_var_in += d_sq
+        tl.store(a_ptr + idx, d_var_in * two_over_l1, mask=mask)
+        tl.store(b_ptr + idx, d_mean_in / L, mask=mask)
+    # Every program reduces the (6, C) partials (cheap); program 0 stores the result.
+    first = pid == 0
+    d_pm, lanes = _logit_grads(logit_ptr, pm0, pm1, pm2, 0, C, BLOCK_C)
+    tl.store(d_mean_logit_ptr + lanes, d_pm, mask=(lanes < K) & first)
+    d_pv, lanes = _logit_grads(logit_ptr, pv0, pv1, pv2, 3, C, BLOCK_C)
+    tl.store(d_var_logit_ptr + lanes, d_pv, mask=(lanes < K) & first)
+
+
+@triton.jit
+def _backward_dx_kernel(
+    dy_ptr,
+    x_ptr,
+    dx_ptr,
+    mean_in_ptr,
+    scale_ptr,
+    a_ptr,
+    b_ptr,
+    C,
+    L,
+    s_n,
+    s_c,
+    s_l,
+    t_n,
+    t_c,
+    t_l,
+    u_n,
+    u_c,
+    u_l,  # strides of x, dy, dx
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    """Program (n, channel block, position block): dx = dy * scale + (x - mean_in) * a + b."""
+    pid = tl.program_id(0)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // c_blocks
+    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ls = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    c_mask = cs < C
+    mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
+    plane = n * C + cs
+    m = tl.expand_dims(tl.load(mean_in_ptr + plane, mask=c_mask, other=0.0), 1)
+    s = tl.expand_dims(tl.load(scale_ptr + plane, mask=c_mask, other=0.0), 1)
+    a = tl.expand_dims(tl.load(a_ptr + plane, mask=c_mask, other=0.0), 1)
+    b = tl.expand_dims(tl.load(b_ptr + plane, mask=c_mask, other=0.0), 1)
+    n64 = n.to(tl.int64)
+    cs64 = tl.expand_dims(cs.to(tl.int64), 1)
+    ls64 = tl.expand_dims(ls.to(tl.int64), 0)
+    x = tl.load(x_ptr + n64 * s_n + cs64 * s_c + ls64 * s_l, mask=mask, other=0.0)
+    g = tl.load(dy_ptr + n64 * t_n + cs64 * t_c + ls64 * t_l, mask=mask, other=0.0)
+    dx = g.to(tl.float32) * s + (x.to(tl.float32) - m) * a + b
+    tl.store(dx_ptr + n64 * u_n + cs64 * u_c + ls64 * u_l, dx, mask=mask)
+
+
+# ---------------------------------------------------------------------------------- launchers
+def _plane_strides(t: Tensor) -> Optional[Tuple[int, int, int]]:
+    """(n, c, l) strides of the (N, C, H*W) view of a 4-d tensor, or None if H and W do not
+    merge into one strided dimension (neither contiguous nor channels_last)."""
+    s_n, s_c, s_h, s_w = t.stride()
+    h, w = t.shape[2], t.shape[3]
+    if w == 1:
+        return s_n, s_c, s_h if h > 1 else 1
+    if h == 1 or s_h == s_w * w:
+        return s_n, s_c, s_w
+    return None
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(int(v) - 1, 0).bit_length()
+
+
+def _plane_tile(c: int, length: int, channels_fast: bool) -> Tuple[int, int]:
+    """(BLOCK_C, BLOCK_L) of the plane passes: long runs along the contiguous dimension."""
+    if channels_fast:  # channels_last: C is the contiguous dimension
+        block_c = min(_next_pow2(c), 64)
+        block_l = min(_next_pow2(length), max(1, 2048 // block_c))
+    else:
+        block_l = min(_next_pow2(length), 1024)
+        block_c = min(_next_pow2(c), max(1, 2048 // block_l))
+    return block_c, block_l
+
+
+def _splits(x: Tensor, planes_programs: int, chunks: int) -> Tuple[int, int]:
+    """(number of splits S, chunks per split) along L for the plane reductions."""
+    if x.is_cuda:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        target = _PROGRAMS_PER_SM * sms
+    else:
+        target = INTERPRETER_TARGET_PROGRAMS
+    want = max(1, min(chunks, -(-target // planes_programs)))
+    per_split = -(-chunks // want)
+    return -(-chunks // per_split), per_split
+
+
+def _small_tile(n: int, c: int, along_n: bool) -> Tuple[int, int]:
+    """(BLOCK_N, BLOCK_C) of the (N, C) kernels: reductions over n (columns) or c (rows)."""
+    if along_n:
+        return min(_next_pow2(n), 64), min(_next_pow2(c), 32)
+    return min(_next_pow2(n), 8), min(_next_pow2(c), 256)
+
+
+class SwitchNormTritonFunction(torch.autograd.Function):
+    """SN forward and backward in eight Triton launches (see the module docstring).
+
+    ``layer`` supplies the settings (eps, momentum, modes) and the two hooks through which a
+    synchronized layer shares the BN term: ``_pool_batch_moments`` and ``_reduce_bn_grads``.
+    Saved for backward: x and (N, C)-sized float32 tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch: bool):
+        n, c, h, w = x.shape
+        length = h * w
+        x_strides = _plane_strides(x)
+        dev = x.device
+        f32 = dict(device=dev, dtype=torch.float32)
+        block_c, block_l = _plane_tile(c, length, x_strides[1] == 1 and c > 1)
+        c_blocks = triton.cdiv(c, block_c)
+        n_splits, per_split = _splits(x, n * c_blocks, triton.cdiv(length, block_l))
+        span = per_split * block_l
+        part_mean = torch.empty((n_splits, n * c), **f32)
+        part_m2 = torch.empty((n_splits, n * c), **f32)
+        _plane_moments_kernel[(n * c_blocks, n_splits)](
+            x, part_mean, part_m2, n, c, length, *x_strides, span, per_split,
+            BLOCK_C=block_c, BLOCK_L=block_l,
+        )  # fmt: skip
+
+        k = 3 if layer.using_bn else 2
+        count = None  # samples behind batch BN moments, None when the BN term is not the batch's
+        bn_mean = bn_var = None
+        if use_batch:
+            bn_mean, bn_var = torch.empty(c, **f32), torch.empty(c, **f32)
+            bn_n, bn_c = _small_tile(n, c, along_n=True)
+            _batch_stats_kernel[(triton.cdiv(c, bn_c),)](
+                part_mean, part_m2, bn_mean, bn_var, n, c, length, n_splits, span,
+                BLOCK_N=bn_n, BLOCK_C=bn_c,
+            )  # fmt: skip
+            pooled, total = layer._pool_batch_moments((bn_mean.view(1, c), bn_var.view(1, c)), n)
+            if pooled is not None:
+                bn_mean, bn_var = pooled[0].reshape(c), pooled[1].reshape(c)
+                count = total
+        if layer.using_bn and count is None:  # eval, frozen: the running statistics
+            bn_mean, bn_var = layer.running_mean, layer.running_var
+        update = count is not None
+        run_mean = layer.running_mean if layer.using_bn else bn_mean
+        run_var = layer.running_var if layer.using_bn else bn_var
+
+        mean_in, var_in = torch.empty((n, c), **f32), torch.empty((n, c), **f32)
+        ln_mean, ln_var = torch.empty(n, **f32), torch.empty(n, **f32)
+        mu, scale, rstd = (torch.empty((n, c), **f32) for _ in range(3))
+        dummy = mean_in  # pointer for arguments a constexpr branch never reads
+        row_n, row_c = _small_tile(n, c, along_n=False)
+        _mix_rows_kernel[(triton.cdiv(n, row_n),)](
+            part_mean, part_m2, weight, mean_weight, var_weight,
+            dummy if bn_mean is None else bn_mean, dummy if bn_var is None else bn_var,
+            dummy if run_mean is None else run_mean, dummy if run_var is None else run_var,
+            mean_in, var_in, ln_mean, ln_var, mu, scale, rstd,
+            n, c, length, n_splits, span, layer.eps, layer.momentum,
+            K=k, UPDATE=update, MOVING=layer.using_moving_average,
+            BLOCK_N=row_n, BLOCK_C=row_c,
+        )  # fmt: skip
+        if update and not layer.using_moving_average:
+            layer.num_batches_accumulated += 1
+
+        y = torch.empty_like(x)  # keeps x's memory format (empty_like preserves it)
+        y_strides = _plane_strides(y)
+        _affine_kernel[(n * c_blocks, triton.cdiv(length, block_l))](
+            x, y, mu, scale, bias, c, length, *x_strides, *y_strides,
+            BLOCK_C=block_c, BLOCK_L=block_l,
+        )  # fmt: skip
+        ctx.save_for_backward(x, weight, mean_weight, var_weight)
+        # Small per-plane state: one attribute (ctx attribute access is not free).
+        ctx.state = (
+            layer, count, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
+            (block_c, block_l, n_splits, per_split),
+        )  # fmt: skip
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean_weight, var_weight = ctx.saved_tensors
+        (layer, count, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
+         tiles) = ctx.state  # fmt: skip
+        block_c, block_l, n_splits, per_split = tiles
+        n, c, h, w = x.shape
+        length = h * w
+        dy_strides = _plane_strides(dy)
+        if dy_strides is None:
+            dy = dy.contiguous()
+            dy_strides = _plane_strides(dy)
+        x_strides = _plane_strides(x)
+        f32 = dict(device=x.device, dtype=torch.float32)
+        k = mean_weight.numel()
+        span = per_split * block_l
+        c_blocks = triton.cdiv(c, block_c)
+
+        g_shift = torch.empty((n_splits, n * c), **f32)
+        g_c = torch.empty((n_splits, n * c), **f32)
+        _backward_sums_kernel[(n * c_blocks, n_splits)](
+            dy, x, mean_in, g_shift, g_c, n, c, length, *x_strides, *dy_strides,
+            span, per_split, BLOCK_C=block_c, BLOCK_L=block_l,
+        )  # fmt: skip
+
+        d_weight = torch.empty_like(weight)
+        d_bias = torch.empty_like(weight)
+        d_mean_bn, d_var_bn = torch.empty(c, **f32), torch.empty(c, **f32)
+        logit_parts = torch.empty((6, c), **f32)
+        dummy = mean_in
+        bn_m = dummy if bn_mean is None else bn_mean
+        bn_v = dummy if bn_var is None else bn_var
+        bn_n, bn_c = _small_tile(n, c, along_n=True)
+        _backward_cols_kernel[(triton.cdiv(c, bn_c),)](
+            g_shift, g_c, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd,
+            weight, mean_weight, var_weight, bn_m, bn_v, d_weight, d_bias, d_mean_bn, d_var_bn,
+            logit_parts,
+            n, c, n_splits, K=k, BLOCK_N=bn_n, BLOCK_C=bn_c,
+        )  # fmt: skip
+        bn_batch = count is not None
+        if bn_batch:  # identity, or the sum over ranks for a synchronized layer
+            d_mean_bn, d_var_bn = layer._reduce_bn_grads(d_mean_bn.view(1, c), d_var_bn.view(1, c))
+            d_mean_bn, d_var_bn = d_mean_bn.reshape(c), d_var_bn.reshape(c)
+
+        a, b = torch.empty((n, c), **f32), torch.empty((n, c), **f32)
+        d_mw, d_vw = torch.empty_like(mean_weight), torch.empty_like(var_weight)
+        row_n, row_c = _small_tile(n, c, along_n=False)
+        _backward_rows_kernel[(triton.cdiv(n, row_n),)](
+            g_shift, g_c, mean_in, ln_mean, mu, scale, rstd, weight, mean_weight, var_weight,
+            bn_m, d_mean_bn, d_var_bn, logit_parts, a, b, d_mw, d_vw,
+            n, c, length, n_splits, float(count or 1),
+            K=k, BN_BATCH=bn_batch, BLOCK_N=row_n, BLOCK_C=row_c,
+        )  # fmt: skip
+
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            _backward_dx_kernel[(n * c_blocks, triton.cdiv(length, block_l))](
+                dy, x, dx, mean_in, scale, a, b, c, length,
+                *x_strides, *dy_strides, *_plane_strides(dx),
+                BLOCK_C=block_c, BLOCK_L=block_l,
+            )  # fmt: skip
+        return dx, d_weight, d_bias, d_mw, d_vw, None, None

@@ -1,0 +1,252 @@
+"""The Triton implementation of SN (sn_det/layers/switch_norm_triton.py) against the plain
+float64 reference, through SwitchNorm2d. Without a GPU the kernels run on CPU tensors under
+TRITON_INTERPRET=1 (set in conftest.py), so shapes stay small; the same tests run on CUDA."""
+
+import pytest
+import torch
+
+from sn_det.layers import SwitchNorm2d, switchable_norm
+from sn_reference import reference_switch_norm
+from sn_testing import make_layer, reference_params
+
+triton = pytest.importorskip("triton")
+from sn_det.layers import switch_norm_triton  # noqa: E402  (needs triton)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Relative error bounds (largest error over largest magnitude) per input dtype: float32
+# arithmetic throughout, and outputs/input gradients rounded to the input's dtype.
+TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture(autouse=True)
+def triton_everywhere(monkeypatch):
+    """Send CPU tensors to the Triton kernels too (the interpreter runs them)."""
+    monkeypatch.setattr(switchable_norm, "TRITON_ON_CPU", True)
+
+
+def _rel(actual, expected):
+    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+def _run(
+    shape,
+    dtype,
+    channels_last,
+    using_bn=True,
+    training=True,
+    moving=True,
+    frozen=False,
+    offset=0.0,
+    seed=0,
+):
+    """Triton SN and the float64 reference on the same (rounded) input; returns the relative
+    errors of the output, every gradient and the running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    layer = make_layer(c, using_bn=using_bn, moving=moving, seed=seed).float().train(training)
+    layer.momentum = 0.9
+    if frozen:
+        layer.freeze()
+    ref_params = reference_params(layer)
+    rm = layer.running_mean.double().clone() if using_bn else None
+    rv = layer.running_var.double().clone() if using_bn else None
+    scale = torch.rand(c, generator=g, dtype=torch.double) * 3 + 0.1
+    x64 = torch.randn(shape, generator=g, dtype=torch.double) * scale.view(1, -1, 1, 1)
+    x64 = x64 + torch.randn(c, generator=g, dtype=torch.double).view(1, -1, 1, 1) + offset
+    x = x64.to(dtype)
+    dy = torch.randn(shape, generator=g, dtype=torch.double).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(DEVICE).requires_grad_(True)
+    layer = layer.to(DEVICE)
+    assert switchable_norm._triton_function(x) is not None
+
+    x_ref = x.detach().double().cpu().requires_grad_(True)
+    y_ref, mean_bn, var_bn = reference_switch_norm(
+        x_ref, *ref_params, rm, rv, training=training and not frozen
+    )
+    y = layer(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    if channels_last:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    (y.double() * dy.double().to(DEVICE)).sum().backward()
+    (y_ref * dy.double()).sum().backward()
+    errors = {"output": _rel(y.cpu(), y_ref), "input gradient": _rel(x.grad.cpu(), x_ref.grad)}
+    if not frozen:
+        for name, p, p_ref in zip(
+            ["weight", "bias", "mean_weight", "var_weight"],
+            [layer.weight, layer.bias, layer.mean_weight, layer.var_weight],
+            ref_params,
+        ):
+            errors[name] = _rel(p.grad.cpu(), p_ref.grad)
+    if using_bn and training and not frozen:
+        if moving:
+            rm, rv = 0.9 * rm + 0.1 * mean_bn, 0.9 * rv + 0.1 * var_bn
+        else:
+            rm, rv = rm + mean_bn, rv + mean_bn**2 + var_bn
+    if using_bn:
+        errors["running_mean"] = _rel(layer.running_mean.cpu(), rm)
+        errors["running_var"] = _rel(layer.running_var.cpu(), rv)
+    return errors
+
+
+SHAPES = [(2, 5, 3, 7), (3, 4, 1, 1), (1, 3, 5, 5), (4, 33, 2, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_matches_reference(shape, dtype, channels_last):
+    if dtype == torch.bfloat16 and DEVICE == "cpu" and triton.__version__.startswith("2."):
+        pytest.skip("Triton 2.x's interpreter has no bfloat16 (numpy has none); runs on CUDA")
+    errors = _run(shape, dtype, channels_last)
+    assert max(errors.values()) <= TOL[dtype], errors
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        dict(training=False),
+        dict(using_bn=False),
+        dict(frozen=True),
+        dict(moving=False),
+        dict(using_bn=False, training=False),
+    ],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_modes_match_reference(mode, channels_last):
+    errors = _run((2, 6, 4, 3), torch.float32, channels_last, **mode)
+    assert max(errors.values()) <= TOL[torch.float32], errors
+
+
+def test_batch_average_mode_counts_batches():
+    layer = SwitchNorm2d(3, using_moving_average=False).to(DEVICE)
+    layer.reset_batch_average()
+    with torch.no_grad():
+        for _ in range(2):
+            layer(torch.randn(2, 3, 4, 4, device=DEVICE))
+    assert layer.finalize_batch_average() == 2
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_long_planes_split_across_programs(channels_last):
+    """Few planes of many positions: the plane reductions are split along H*W and merged as
+    parallel variances (INTERPRETER_TARGET_PROGRAMS makes this happen on small shapes)."""
+    shape = (1, 2, 41, 53)  # 2173 positions: 3 chunks of 1024, not a multiple of the block
+    x = torch.zeros(shape)
+    bc, bl = switch_norm_triton._plane_tile(2, 41 * 53, channels_last)
+    n_splits, _ = switch_norm_triton._splits(x, 1, -(-41 * 53 // bl))
+    if not torch.cuda.is_available():
+        assert n_splits > 1
+    errors = _run(shape, torch.float32, channels_last, offset=50.0)
+    # The switch-logit gradients are small differences of terms carrying the offset: their
+    # float32 error (~1e-4 here) is the only one above the plain float32 level.
+    assert max(errors.values()) <= 3e-4, errors
+    assert max(v for k, v in errors.items() if "weight" not in k or k == "weight") <= 2e-5
+
+
+def test_large_offset_matches_float64_of_the_unshifted_input():
+    """float32 SN(x + 1e4) matches float64 SN(x): the variances never cancel."""
+    errors = _run((2, 6, 9, 7), torch.float32, False, offset=1e4)
+    # The reference sees the same rounded input, so what is left is the kernels' own error.
+    assert max(errors.values()) <= 4e-3, errors
+
+
+def test_eight_launches_per_training_step(monkeypatch):
+    """Forward + backward of a training step in eight Triton kernel launches."""
+    launches = []
+
+    class Counting:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launches.append(self.name)
+            return self.kernel[grid]
+
+    for name in dir(switch_norm_triton):
+        obj = getattr(switch_norm_triton, name)
+        if name.startswith("_") and name.endswith("_kernel"):
+            monkeypatch.setattr(switch_norm_triton, name, Counting(name, obj))
+    layer = SwitchNorm2d(8).to(DEVICE)
+    x = torch.randn(2, 8, 5, 5, device=DEVICE, requires_grad=True)
+    layer(x).sum().backward()
+    assert len(launches) == 8, launches
+
+
+def test_empty_batch_and_tracing_take_the_torch_path():
+    x = torch.zeros(0, 4, 3, 3, device=DEVICE)
+    assert switchable_norm._triton_function(x) is None
+    y = SwitchNorm2d(4).to(DEVICE)(x)
+    assert y.shape == x.shape
+
+
+def test_unsupported_layouts_and_dtypes_are_declined():
+    x = torch.randn(2, 4, 6, 6)
+    assert switch_norm_triton.supports(x)
+    assert not switch_norm_triton.supports(x.double())
+    assert switch_norm_triton.supports(x[:, :, :, ::2])  # one stride walks H*W
+    assert not switch_norm_triton.supports(x[:, :, ::2, :])  # no single stride does
+
+
+# ---------------------------------------------------------------- SyncSwitchNorm2d, 2 ranks
+SYNC_CASES = [("1+2", (1, 2), True), ("0+2", (0, 2), True), ("1+2 without BN", (1, 2), False)]
+SYNC_SHAPE = (6, 5, 4)  # C, H, W
+
+
+def _sync_batch(n):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn((n, *SYNC_SHAPE), generator=g, dtype=torch.double) * 2 + 3
+    dy = torch.randn((n, *SYNC_SHAPE), generator=g, dtype=torch.double)
+    return x, dy
+
+
+def _sync_worker(rank, world_size):
+    """Each case on this rank's slice, through the Triton kernels (a rank without samples
+    takes the torch-ops path: both must meet in the same collectives)."""
+    from sn_det.layers import SyncSwitchNorm2d
+
+    switchable_norm.TRITON_ON_CPU = True
+    out = {}
+    for name, counts, using_bn in SYNC_CASES:
+        layer = make_layer(SYNC_SHAPE[0], using_bn=using_bn, cls=SyncSwitchNorm2d).float()
+        layer.momentum = 0.9
+        start, stop = sum(counts[:rank]), sum(counts[: rank + 1])
+        x_all, dy_all = _sync_batch(sum(counts))
+        x = x_all[start:stop].float().requires_grad_(True)
+        y = layer(x)
+        (y * dy_all[start:stop].float()).sum().backward()
+        out[name] = dict(
+            y=y.detach(),
+            dx=x.grad,
+            grads=[p.grad.clone() for p in layer.parameters()],
+            buffers={k: v.clone() for k, v in layer.state_dict().items() if "running" in k},
+        )
+    return out
+
+
+def test_sync_switch_norm_on_triton_matches_the_whole_batch_reference():
+    from distributed import run_distributed
+
+    results = run_distributed(_sync_worker, 2, timeout=240)
+    for name, counts, using_bn in SYNC_CASES:
+        layer = make_layer(SYNC_SHAPE[0], using_bn=using_bn).float()
+        params = reference_params(layer)
+        params = [p.detach().double().requires_grad_(True) for p in params]
+        x, dy = _sync_batch(sum(counts))
+        x = x.float().double().requires_grad_(True)
+        y_ref, mean_bn, var_bn = reference_switch_norm(x, *params, training=True)
+        (y_ref * dy.float().double()).sum().backward()
+        bounds = [0, counts[0], sum(counts)]
+        for rank in range(2):
+            rows = slice(bounds[rank], bounds[rank + 1])
+            if counts[rank]:
+                assert _rel(results[rank][name]["y"], y_ref[rows].detach()) <= 2e-5, name
+                assert _rel(results[rank][name]["dx"], x.grad[rows]) <= 2e-5, name
+        for i, p in enumerate(params):
+            summed = results[0][name]["grads"][i] + results[1][name]["grads"][i]
+            assert _rel(summed, p.grad) <= 2e-5, (name, i)
+        if using_bn:
+            expected = 0.9 * layer.running_var.double() + 0.1 * var_bn.detach()
+            for rank in range(2):
+                assert _rel(results[rank][name]["buffers"]["running_var"], expected) <= 2e-5
