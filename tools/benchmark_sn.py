@@ -14,7 +14,7 @@ Prints a markdown table and writes it to --out (default benchmarks/latest.md).
 Examples:
   tools/benchmark_sn.py                      # full run (a few minutes on 2 CPU cores)
   tools/benchmark_sn.py --rounds 3 --skip-model
-  tools/benchmark_sn.py --device cuda        # on a GPU machine
+  tools/benchmark_sn.py --device cuda        # on a GPU machine: R50-FPN shapes, fp32 and AMP
 """
 
 import argparse
@@ -31,6 +31,17 @@ from torch import nn
 from sn_det.layers import SwitchNorm2d
 
 SHAPES = [(2, 256, 100, 100), (256, 256, 14, 14), (2, 64, 200, 200), (2, 1024, 25, 25)]
+# R50-FPN Mask R-CNN shapes at 2 images of ~800x1216 (stages, FPN levels, ROI heads).
+CUDA_SHAPES = [
+    (2, 64, 400, 608),
+    (2, 256, 200, 304),
+    (2, 512, 100, 152),
+    (2, 1024, 50, 76),
+    (2, 2048, 25, 38),
+    (256, 256, 14, 14),
+    (1024, 256, 7, 7),
+    (8, 256, 200, 304),
+]
 
 
 class TextbookSwitchNorm2d(nn.Module):
@@ -97,32 +108,45 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_layers(shapes, rounds, device):
+def bench_layers(shapes, rounds, device, amp=False):
+    """Median forward+backward time, saved bytes and (CUDA) peak memory of each norm per shape.
+    ``amp``: a float16 input under float16 autocast, as a conv under AMP hands it on."""
     rows = []
+    dtype = torch.float16 if amp else torch.float32
     for shape in shapes:
-        print(f"[layers] {shape} ...", flush=True)
+        print(f"[layers{' amp' if amp else ''}] {shape} ...", flush=True)
         factories = layer_factories(shape[1])
         mods = {k: f().to(device).train() for k, f in factories.items()}
-        x = torch.randn(shape, device=device).requires_grad_(True)
-        dy = torch.randn(shape, device=device)
+        x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(True)
+        dy = torch.randn(shape, device=device, dtype=dtype)
+
+        def step(m):
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                y = m(x)
+            y.backward(dy.to(y.dtype))
+
         times = {k: [] for k in mods}
-        for r in range(rounds + 1):  # round 0 warms up
+        for r in range(rounds + 2):  # rounds 0 and 1 warm up (kernel compilation, caches)
             for k, m in mods.items():
                 x.grad = None
                 sync(device)
                 t = time.perf_counter()
-                m(x).backward(dy)
+                step(m)
                 sync(device)
-                if r > 0:
+                if r > 1:
                     times[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) for k, v in times.items()}
-        saved = {k: saved_bytes(m, x) for k, m in mods.items()}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            saved = {k: saved_bytes(m, x) for k, m in mods.items()}
         peak = {}
         if device.type == "cuda":
             for k, m in mods.items():
+                x.grad = None
+                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                m(x).backward(dy)
+                step(m)
+                torch.cuda.synchronize()
                 peak[k] = torch.cuda.max_memory_allocated() - base
         rows.append((shape, med, saved, peak, x.numel() * x.element_size()))
     return rows
@@ -195,8 +219,30 @@ def machine_line(device, threads):
     return f"{what}, {threads} threads, torch {torch.__version__}, {datetime.date.today()}"
 
 
-def render(layer_rows, model_times, device, threads, rounds, model_rounds):
+def render(layer_rows, model_times, device, threads, rounds, model_rounds, amp_rows=None):
     out = [f"Machine: {machine_line(device, threads)}; medians of {rounds} interleaved rounds.", ""]
+    out += render_layers(layer_rows, "float32")
+    if amp_rows:
+        out += [""] + render_layers(amp_rows, "float16 input under float16 autocast")
+    if model_times:
+        out += [
+            "",
+            "Mask R-CNN training step (demo model: R-18-FPN, 4 images of 128x128; the norm of "
+            f"backbone, FPN and mask head varies; medians of {model_rounds} interleaved rounds):",
+            "",
+            "| norm | s/step | vs GN |",
+            "|---|---|---|",
+        ]
+        for k in ("BN", "GN", "SN"):
+            out.append(
+                f"| {k} | {model_times[k]:.3f} | **{model_times[k]/model_times['GN']:.2f}** |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def render_layers(layer_rows, title):
+    """Markdown tables of one bench_layers result: times and ratios, then CUDA peak memory."""
+    out = [f"Layers, forward+backward, {title}:", ""]
     out.append(
         "| shape (N,C,H,W) | SN ms | GN ms | BN ms | textbook SN ms | SN/GN | SN/BN | textbook/GN | SN saved/input | GN saved/input | textbook saved/input |"
     )
@@ -222,20 +268,7 @@ def render(layer_rows, model_times, device, threads, rounds, model_rounds):
                 f"| {tuple(shape)} | {peak['SN (sn_det)']/in_bytes:.2f} | "
                 f"{peak['GroupNorm(32)']/in_bytes:.2f} | {peak['BatchNorm2d']/in_bytes:.2f} |"
             )
-    if model_times:
-        out += [
-            "",
-            "Mask R-CNN training step (demo model: R-18-FPN, 4 images of 128x128; the norm of "
-            f"backbone, FPN and mask head varies; medians of {model_rounds} interleaved rounds):",
-            "",
-            "| norm | s/step | vs GN |",
-            "|---|---|---|",
-        ]
-        for k in ("BN", "GN", "SN"):
-            out.append(
-                f"| {k} | {model_times[k]:.3f} | **{model_times[k]/model_times['GN']:.2f}** |"
-            )
-    return "\n".join(out) + "\n"
+    return out
 
 
 def main():
@@ -255,9 +288,16 @@ def main():
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
 
-    layer_rows = bench_layers(SHAPES, args.rounds, device)
+    shapes = CUDA_SHAPES if device.type == "cuda" else SHAPES
+    layer_rows = bench_layers(shapes, args.rounds, device)
+    # Under AMP on the GPU too: SN must not make a float32 copy of a half input.
+    amp_rows = (
+        bench_layers(shapes, args.rounds, device, amp=True) if device.type == "cuda" else None
+    )
     model_times = None if args.skip_model else bench_model(args.model_rounds, device, args.threads)
-    table = render(layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds)
+    table = render(
+        layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds, amp_rows
+    )
     print()
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
