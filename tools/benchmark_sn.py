@@ -7,7 +7,11 @@ medians are compared), and the bytes each keeps for backward (saved tensors, cou
 per storage), as ratios against GroupNorm and the input.
 
 Model part: one training step of the small Mask R-CNN of the demo with BN, GN and SN as the
-norm of backbone, FPN and mask head, interleaved the same way.
+norm of backbone, FPN and mask head, interleaved the same way (default on CPU); or (--model
+r50fpn, the default on CUDA) a Mask R-CNN R50-FPN step on 2 random images of ~800x1216 with
+FrozenBN, BN, GN and SN, in float32 and under AMP, with peak memory.
+
+On CUDA the layer part uses the R50-FPN shapes and runs in float32 and under float16 autocast.
 
 Prints a markdown table and writes it to --out (default benchmarks/latest.md).
 
@@ -15,6 +19,7 @@ Examples:
   tools/benchmark_sn.py                      # full run (a few minutes on 2 CPU cores)
   tools/benchmark_sn.py --rounds 3 --skip-model
   tools/benchmark_sn.py --device cuda        # on a GPU machine: R50-FPN shapes, fp32 and AMP
+  tools/benchmark_sn.py --model r50fpn --image-size 128 160 --rounds 1 --model-rounds 1
 """
 
 import argparse
@@ -206,6 +211,137 @@ def bench_model(rounds, device, threads):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+R50_NORMS = ("FrozenBN", "BN", "GN", "SN")
+
+
+def r50_fpn_cfg(norm, device):
+    """Mask R-CNN R50-FPN with ``norm`` in backbone, FPN, a 4conv1fc box head and the mask
+    head (FrozenBN: detectron2's default, a frozen backbone and no norm elsewhere). No weights
+    and learning rate 0: a timing needs no trained model, and lr 0 keeps every step alike."""
+    from detectron2.config import get_cfg
+
+    from sn_det import add_sn_config
+
+    cfg = add_sn_config(get_cfg())
+    cfg.merge_from_file(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "Base-SN-RCNN-FPN.yaml")
+    )
+    head_norm = "" if norm == "FrozenBN" else norm
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE", device.type,
+            "MODEL.WEIGHTS", "",
+            "MODEL.MASK_ON", True,
+            "MODEL.RESNETS.DEPTH", 50,
+            "MODEL.RESNETS.NORM", norm,
+            "MODEL.FPN.NORM", head_norm,
+            "MODEL.ROI_BOX_HEAD.NAME", "SNFastRCNNConvFCHead",
+            "MODEL.ROI_BOX_HEAD.NUM_CONV", 4,
+            "MODEL.ROI_BOX_HEAD.NUM_FC", 1,
+            "MODEL.ROI_BOX_HEAD.NORM", head_norm,
+            "MODEL.ROI_MASK_HEAD.NAME", "SNMaskRCNNConvUpsampleHead",
+            "MODEL.ROI_MASK_HEAD.NORM", head_norm,
+            "SOLVER.BASE_LR", 0.0,
+        ]
+    )  # fmt: skip
+    return cfg
+
+
+def random_batch(num_images, size, device, seed):
+    """Detection training inputs: random images with 8 random boxes and masks each."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    batch = []
+    for _ in range(num_images):
+        xy = torch.rand(8, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = torch.rand(8, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 8
+        boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([w - 1.0, h - 1.0]))], 1)
+        masks = torch.zeros(8, h, w, dtype=torch.bool)
+        for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+            masks[i, y0:y1, x0:x1] = True
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.randint(0, 80, (8,), generator=g)
+        inst.gt_masks = BitMasks(masks)
+        image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+        batch.append(
+            {"image": image.to(device), "instances": inst.to(device), "height": h, "width": w}
+        )
+    return batch
+
+
+def bench_r50_fpn(rounds, device, amp, size, warmup=3):
+    """s/step and peak memory of a Mask R-CNN R50-FPN training step (2 images of ``size``)
+    per norm. Every model is warmed up on its own first (cuDNN autotuning, Triton compilation,
+    the allocator), then the timed rounds rotate the order of the models, so that no model
+    always runs first or last in a round."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from sn_det.engine import build_sn_optimizer
+
+    models = {}
+    for norm in R50_NORMS:
+        cfg = r50_fpn_cfg(norm, device)
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        models[norm] = (model, build_sn_optimizer(cfg, model))
+    scaler = torch.cuda.amp.GradScaler(enabled=amp and device.type == "cuda")
+    batch = random_batch(2, size, device, seed=0)
+
+    def step(model, opt):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = sum(model(batch).values())
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    times = {k: [] for k in models}
+    peak = {}
+    names = list(models)
+    with EventStorage(0):
+        for k in names:
+            for _ in range(warmup):
+                step(*models[k])
+            if device.type == "cuda":
+                sync(device)
+                torch.cuda.reset_peak_memory_stats()
+                step(*models[k])
+                sync(device)
+                peak[k] = torch.cuda.max_memory_allocated()
+        for r in range(rounds):
+            print(f"[r50-fpn{' amp' if amp else ''}] round {r + 1}/{rounds}", flush=True)
+            for k in names[r % len(names) :] + names[: r % len(names)]:
+                sync(device)
+                t = time.perf_counter()
+                step(*models[k])
+                sync(device)
+                times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), peak.get(k)) for k, v in times.items()}
+
+
+def render_r50(results, title, size, rounds):
+    out = [
+        f"Mask R-CNN R50-FPN training step, {title}, 2 images of {size[0]}x{size[1]}, norm in "
+        "backbone + FPN + 4conv1fc box head + mask head (FrozenBN: frozen backbone, no norm "
+        f"elsewhere); medians of {rounds} rounds in rotating order after per-model warm-up:",
+        "",
+        "| norm | s/step | vs GN | vs FrozenBN | peak memory GiB |",
+        "|---|---|---|---|---|",
+    ]
+    for k in R50_NORMS:
+        t, mem = results[k]
+        mem_s = f"{mem / 2**30:.2f}" if mem is not None else "-"
+        out.append(
+            f"| {k} | {t:.3f} | **{t / results['GN'][0]:.2f}** | "
+            f"**{t / results['FrozenBN'][0]:.2f}** | {mem_s} |"
+        )
+    return out
+
+
 def machine_line(device, threads):
     if device.type == "cuda":
         what = torch.cuda.get_device_name()
@@ -219,11 +355,13 @@ def machine_line(device, threads):
     return f"{what}, {threads} threads, torch {torch.__version__}, {datetime.date.today()}"
 
 
-def render(layer_rows, model_times, device, threads, rounds, model_rounds, amp_rows=None):
+def render(layer_rows, model_times, device, threads, rounds, model_rounds, amp_rows=None, r50=()):
     out = [f"Machine: {machine_line(device, threads)}; medians of {rounds} interleaved rounds.", ""]
     out += render_layers(layer_rows, "float32")
     if amp_rows:
         out += [""] + render_layers(amp_rows, "float16 input under float16 autocast")
+    for results, title, size in r50:
+        out += [""] + render_r50(results, title, size, model_rounds)
     if model_times:
         out += [
             "",
@@ -280,6 +418,20 @@ def main():
     parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (median)")
     parser.add_argument("--model-rounds", type=int, default=15, help="rounds of the model step")
     parser.add_argument("--skip-model", action="store_true", help="layers only")
+    parser.add_argument(
+        "--model",
+        choices=["demo", "r50fpn"],
+        help="model of the step timing: the demo R-18-FPN (default on CPU) or Mask R-CNN "
+        "R50-FPN with FrozenBN/BN/GN/SN, fp32 and AMP (default on CUDA)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=(800, 1216),
+        metavar=("H", "W"),
+        help="image size of the R50-FPN step (2 images)",
+    )
     parser.add_argument("--out", default="benchmarks/latest.md", help="markdown file to write")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -294,9 +446,17 @@ def main():
     amp_rows = (
         bench_layers(shapes, args.rounds, device, amp=True) if device.type == "cuda" else None
     )
-    model_times = None if args.skip_model else bench_model(args.model_rounds, device, args.threads)
+    model = args.model or ("r50fpn" if device.type == "cuda" else "demo")
+    model_times, r50 = None, []
+    if not args.skip_model and model == "demo":
+        model_times = bench_model(args.model_rounds, device, args.threads)
+    elif not args.skip_model:
+        size = tuple(args.image_size)
+        for amp in (False, True) if device.type == "cuda" else (False,):
+            results = bench_r50_fpn(args.model_rounds, device, amp, size)
+            r50.append((results, "AMP (float16 autocast)" if amp else "float32", size))
     table = render(
-        layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds, amp_rows
+        layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds, amp_rows, r50
     )
     print()
     print(table)
