@@ -382,3 +382,51 @@ def test_variances_are_never_negative(monkeypatch, path):
     )
     for name, v in [("var_in", var_in), ("var_bn", vb), ("var_ln", mixed.var_ln)]:
         assert (v >= 0).all(), name
+
+
+@pytest.mark.parametrize("cls_name", ["SwitchNorm2d", "SyncSwitchNorm2d"])
+@pytest.mark.parametrize(
+    "using_bn,training,moving",
+    [(True, True, True), (True, True, False), (True, False, True), (False, True, True)],
+)
+def test_torchscript_matches_reference(tmp_path, cls_name, using_bn, training, moving):
+    """torch.jit.script of the layer (the deployment path detectron2's scripting_with_instances
+    takes): forward, gradients and running statistics against the float64 reference, and a
+    save/load round trip."""
+    import sn_det.layers as layers
+
+    m = make_layer(5, using_bn=using_bn, moving=moving, cls=getattr(layers, cls_name))
+    m.train(training)
+    m.momentum = 0.9
+    params = reference_params(m)
+    rm = m.running_mean.clone() if using_bn else None
+    rv = m.running_var.clone() if using_bn else None
+    scripted = torch.jit.script(m)
+    x = random_input((3, 5, 4, 6))
+    x_ref = x.detach().clone().requires_grad_(True)
+    y = scripted(x)
+    y_ref, mean_bn, var_bn = reference_switch_norm(x_ref, *params, rm, rv, training=training)
+    assert_close(y, y_ref, what="scripted forward")
+    y.pow(2).sum().backward()
+    y_ref.pow(2).sum().backward()
+    assert_close(x.grad, x_ref.grad, what="scripted input gradient")
+    for p, p_ref in zip([m.weight, m.bias, m.mean_weight, m.var_weight], params):
+        assert_close(p.grad, p_ref.grad, what="scripted parameter gradient")
+    if using_bn and training:
+        if moving:
+            rm, rv = 0.9 * rm + 0.1 * mean_bn, 0.9 * rv + 0.1 * var_bn
+        else:
+            rm, rv = rm + mean_bn, rv + mean_bn**2 + var_bn
+        assert_close(m.running_mean, rm, what="scripted running_mean")
+        assert_close(m.running_var, rv, what="scripted running_var")
+    path = str(tmp_path / "sn.pt")
+    torch.jit.save(scripted, path)
+    loaded = torch.jit.load(path).eval()
+    assert_close(loaded(x.detach()), m.eval()(x.detach()), what="loaded scripted module")
+
+
+def test_torchscript_half_input_and_empty_batch():
+    m = torch.jit.script(SwitchNorm2d(4).train())
+    y = m(torch.randn(2, 4, 3, 3).to(torch.bfloat16) + 50)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    assert m(torch.zeros(0, 4, 3, 3)).shape == (0, 4, 3, 3)

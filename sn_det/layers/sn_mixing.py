@@ -28,7 +28,9 @@ from . import sn_kernels
 __all__ = [
     "Mixed",
     "batch_moments",
+    "batch_moments_ops",
     "mix_forward",
+    "mix_ops",
     "mix_backward",
     "bn_backward",
     "dx_coefficients",
@@ -58,9 +60,40 @@ def batch_moments(mean_in: Tensor, var_in: Tensor) -> Tuple[Tensor, Tensor]:
     mean_bn = mean_n m and var_bn = mean_n v + mean_n (m - mean_bn)^2, each (1, C)."""
     if sn_kernels.on_cpu_kernels(mean_in, var_in):
         return tuple(sn_kernels._C.batch_moments(mean_in.contiguous(), var_in.contiguous()))
+    return batch_moments_ops(mean_in, var_in)
+
+
+# The two functions below are plain torch ops, TorchScript-compatible: the torch-ops path
+# of batch_moments/mix_forward, and the scripted SwitchNorm2d (switchable_norm.py), use them.
+def batch_moments_ops(mean_in: Tensor, var_in: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`batch_moments` in torch ops."""
     mean_bn = mean_in.mean(0, keepdim=True)
-    spread = (mean_in - mean_bn).pow_(2).mean(0, keepdim=True)
-    return mean_bn, var_in.mean(0, keepdim=True).add_(spread)
+    spread = (mean_in - mean_bn).pow(2).mean(0, keepdim=True)
+    return mean_bn, var_in.mean(0, keepdim=True) + spread
+
+
+def mix_ops(
+    mean_in: Tensor,
+    var_in: Tensor,
+    weight: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    eps: float,
+    mean_bn: Optional[Tensor],
+    var_bn: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`mix_forward` in torch ops: (scale, mean, rstd, mean_ln, var_ln, pm, pv)."""
+    mean_ln = mean_in.mean(1, keepdim=True)
+    var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).pow(2).mean(1, keepdim=True)
+    pm = torch.softmax(mean_weight, 0)
+    pv = torch.softmax(var_weight, 0)
+    mean = pm[0] * mean_in + pm[1] * mean_ln
+    var = pv[0] * var_in + pv[1] * var_ln
+    if mean_bn is not None and var_bn is not None:
+        mean = mean + pm[2] * mean_bn
+        var = var + pv[2] * var_bn
+    rstd = torch.rsqrt(var + eps)
+    return rstd * weight, mean, rstd, mean_ln, var_ln, pm, pv
 
 
 def mix_forward(
@@ -96,17 +129,9 @@ def mix_forward(
             empty if var_bn is None else var_bn.contiguous(),
         )
     else:
-        mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).pow(2).mean(1, keepdim=True)
-        pm = torch.softmax(mean_weight, 0)
-        pv = torch.softmax(var_weight, 0)
-        mean = pm[0] * mean_in + pm[1] * mean_ln
-        var = pv[0] * var_in + pv[1] * var_ln
-        if mean_bn is not None:
-            mean = mean + pm[2] * mean_bn
-            var = var + pv[2] * var_bn
-        rstd = torch.rsqrt(var + eps)
-        scale = rstd * weight
+        scale, mean, rstd, mean_ln, var_ln, pm, pv = mix_ops(
+            mean_in, var_in, weight, mean_weight, var_weight, eps, mean_bn, var_bn
+        )
     return Mixed(
         scale, mean_in, var_in, mean_ln, var_ln, mean_bn, var_bn, pm, pv, mean, rstd, weight, bias
     )

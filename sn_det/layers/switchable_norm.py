@@ -20,7 +20,14 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import sn_kernels
-from .sn_mixing import batch_moments, dx_coefficients, mix_backward, mix_forward
+from .sn_mixing import (
+    batch_moments,
+    batch_moments_ops,
+    dx_coefficients,
+    mix_backward,
+    mix_forward,
+    mix_ops,
+)
 
 __all__ = ["SwitchNorm2d", "freeze_switch_norms"]
 
@@ -170,6 +177,12 @@ class SwitchNorm2d(nn.Module):
             self.register_buffer(
                 "num_batches_accumulated", torch.zeros((), dtype=torch.long), persistent=False
             )
+        else:
+            # Declared as None (not saved, not in the state dict) so that TorchScript, which
+            # needs every attribute the scripted forward names, sees Optional buffers.
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_accumulated", None, persistent=False)
 
     # ------------------------------------------------------------------ statistics
     def is_synchronized(self) -> bool:
@@ -261,6 +274,63 @@ class SwitchNorm2d(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_scripted(x)
+        return self._forward_eager(x)
+
+    def _forward_scripted(self, x: Tensor) -> Tensor:
+        """The TorchScript forward: the same math as torch ops, differentiated by autograd.
+        A scripted SyncSwitchNorm2d computes its BN term from the local batch (scripting is
+        for deployment, where layers run in eval mode and nothing is synchronized)."""
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError("SwitchNorm2d expects (N, C, H, W) input with C = num_features")
+        n, c, h, w = x.shape
+        xf = x.float() if x.dtype == torch.float16 or x.dtype == torch.bfloat16 else x
+        x3 = xf.reshape(n, c, h * w)
+        var_in, mean_in = torch.var_mean(x3, dim=[2], correction=1 if h * w > 1 else 0)
+        use_batch = self.using_bn and self.training and not self.frozen and n > 0
+        mean_bn: Optional[Tensor] = None
+        var_bn: Optional[Tensor] = None
+        running_mean, running_var = self.running_mean, self.running_var
+        if use_batch:
+            mean_bn, var_bn = batch_moments_ops(mean_in, var_in)
+        elif running_mean is not None and running_var is not None:
+            mean_bn = running_mean.to(mean_in.dtype).view(1, c)
+            var_bn = running_var.to(mean_in.dtype).view(1, c)
+        scale, mean, _, _, _, _, _ = mix_ops(
+            mean_in,
+            var_in,
+            self.weight,
+            self.mean_weight,
+            self.var_weight,
+            self.eps,
+            mean_bn,
+            var_bn,
+        )
+        y = (x3 - mean.unsqueeze(2)) * scale.unsqueeze(2) + self.bias.view(1, c, 1)
+        if use_batch and mean_bn is not None and var_bn is not None:
+            self._track_scripted(mean_bn.detach().view(c), var_bn.detach().view(c))
+        return y.reshape(n, c, h, w).to(x.dtype)
+
+    def _track_scripted(self, batch_mean: Tensor, batch_var: Tensor) -> None:
+        """:meth:`_track` for TorchScript (same arithmetic)."""
+        running_mean, running_var = self.running_mean, self.running_var
+        count = self.num_batches_accumulated
+        if running_mean is None or running_var is None or count is None:
+            return
+        with torch.no_grad():
+            batch_mean = batch_mean.to(running_mean.dtype)
+            batch_var = batch_var.to(running_var.dtype)
+            if self.using_moving_average:
+                running_mean.lerp_(batch_mean, 1 - self.momentum)
+                running_var.lerp_(batch_var, 1 - self.momentum)
+            else:
+                running_mean.add_(batch_mean)
+                running_var.add_(batch_mean * batch_mean + batch_var)
+                count.add_(1)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(
                 f"{type(self).__name__} expects (N, C, H, W) input, got {tuple(x.shape)}"

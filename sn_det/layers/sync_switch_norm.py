@@ -54,6 +54,9 @@ class SyncSwitchNorm2d(SwitchNorm2d):
           nothing, so ranks may evaluate different numbers of images.
     """
 
+    # TorchScript cannot type a ProcessGroup; the scripted forward never synchronizes.
+    __jit_ignored_attributes__ = ["process_group"]
+
     def __init__(self, *args, process_group: Optional["dist.ProcessGroup"] = None, **kwargs):
         super().__init__(*args, **kwargs)  # SwitchNorm2d's arguments, unchanged
         self.process_group = process_group
