@@ -51,7 +51,7 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "export": ["onnx", "onnxruntime"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension},
 )
