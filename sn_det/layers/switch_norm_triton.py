@@ -267,8 +267,9 @@ def _mix_rows_kernel(
         c_mask = cs < C
         mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(c_mask, 0)
         idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
-        m = tl.load(mean_in_ptr + idx, mask=mask, other=0.0)
-        v = tl.load(var_in_ptr + idx, mask=mask, other=0.0)
+        # Merged again rather than read back from mean_in/var_in: this program stored those,
+        # and without a barrier another thread of it may read a location before its store.
+        m, v = _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, N * C)
         mu = pm0 * m + pm1 * tl.expand_dims(ln_mean, 1)
         sig = pv0 * v + pv1 * tl.expand_dims(ln_var, 1)
         if K == 3:
