@@ -12,7 +12,6 @@ The autograd Function below owns the large passes (sn_kernels.py: compiled on CP
 ops elsewhere), and only the input x and (N, C)-sized tensors are kept for backward.
 """
 
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -32,7 +31,17 @@ from .sn_mixing import (
 __all__ = ["SwitchNorm2d", "freeze_switch_norms"]
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
-_NO_CONTEXT = contextlib.nullcontext()
+
+if torch.torch_version.TorchVersion(torch.__version__) >= (2, 4):
+
+    def _autocast_enabled(device_type: str) -> bool:
+        return torch.is_autocast_enabled(device_type)
+
+else:  # torch < 2.4: one query per device kind (deprecated since 2.4)
+
+    def _autocast_enabled(device_type: str) -> bool:
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
 
 # Backends, by device (see _triton_function): the Triton kernels (switch_norm_triton.py) on
 # CUDA for float32/float16/bfloat16; otherwise _SwitchNormFunction, whose large passes run on
@@ -350,20 +359,26 @@ class SwitchNorm2d(nn.Module):
         use_batch = self._uses_batch_statistics(x)
 
         # Under autocast the small (N, C) math must stay in fp32; entering the context costs
-        # more than the rest of a small layer, so only when autocast is on.
-        autocast_on = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
-        with torch.autocast(x.device.type, enabled=False) if autocast_on else _NO_CONTEXT:
-            if torch.jit.is_tracing() or not (
-                torch.is_grad_enabled()
-                and (x.requires_grad or any(p.requires_grad for p in params))
-            ):
-                # Inference, or tracing (which records plain ops, not a Python autograd
-                # Function): the same passes, no backward state to keep.
-                mixed, _ = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
-                y = sn_kernels.affine(x, mixed.mean, mixed.scale, mixed.bias)
-            else:
-                y = _SwitchNormFunction.apply(x, *params, self, use_batch)
+        # more than the rest of a small layer, so only when autocast is on. (Two calls rather
+        # than `with ctx if on else nullcontext()`: torch.compile cannot trace that form.)
+        if _autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                y = self._normalize(x, params, use_batch)
+        else:
+            y = self._normalize(x, params, use_batch)
         return y if y.dtype == in_dtype else y.to(in_dtype)
+
+    @torch.jit.unused
+    def _normalize(self, x: Tensor, params, use_batch: bool) -> Tensor:
+        """The C++/torch-ops computation of SN on float32/float64 ``x``."""
+        if torch.jit.is_tracing() or not (
+            torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+        ):
+            # Inference, or tracing (which records plain ops, not a Python autograd
+            # Function): the same passes, no backward state to keep.
+            mixed, _ = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
+            return sn_kernels.affine(x, mixed.mean, mixed.scale, mixed.bias)
+        return _SwitchNormFunction.apply(x, *params, self, use_batch)
 
     # ------------------------------------------------------------------ batch average
     @torch.no_grad()
