@@ -1,57 +1,114 @@
 #!/usr/bin/env python
 """sn_det: Switchable Normalization for detectron2.
 
-Install into the project's virtual environment with ``make env`` (it pins every version from
-constraints.txt). A manual install into an existing detectron2 environment is
-``pip install --no-build-isolation -e .``.
+detectron2 is a prerequisite, not a requirement listed here: it is built against the user's
+torch (see https://detectron2.readthedocs.io/en/latest/tutorials/install.html), and a pip
+requirement would install a second copy over it. ``import sn_det`` says so when it is missing.
+
+Install into an environment that has torch and detectron2:
+    pip install --no-build-isolation .       # with the compiled CPU kernels
+    pip install .                            # isolated build: without them (slower CPU path)
+The project's own pinned environment is ``make env`` (constraints.txt).
+
+Environment variables: SN_DET_NO_EXT=1 skips the compiled kernels; SN_DET_NATIVE=1 compiles
+them with -march=native (faster, but only for CPUs like the building one).
 """
 
 import glob
 import os
+import shutil
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 
 def extensions():
-    """sn_det._C: the CPU kernels of SN (sn_det/layers/csrc), parallel over planes with
-    at::parallel_for. SN_DET_NATIVE=1 adds -march=native (faster, but the build then only
-    runs on CPUs like this one)."""
+    """sn_det._C, the CPU kernels of SN (sn_det/layers/csrc), when they can be built: torch is
+    importable and SN_DET_NO_EXT is not set. A failed compilation (no compiler, say) leaves a
+    working pure-Python package."""
+    if os.environ.get("SN_DET_NO_EXT") == "1":
+        print("sn_det: SN_DET_NO_EXT=1, building without the compiled CPU kernels")
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print(
+            "sn_det: torch is not importable in this build environment, so the compiled CPU "
+            "kernels are not built (use pip install --no-build-isolation to build them)"
+        )
+        return [], {}
     flags = ["-O3", "-fopenmp"]
     if os.environ.get("SN_DET_NATIVE") == "1":
         flags.append("-march=native")
+
+    class OptionalBuildExtension(BuildExtension):
+        """BuildExtension that reports a failed compilation instead of failing the install
+        (setuptools' optional=True does not catch the RuntimeError of torch's ninja build)."""
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as e:  # no compiler, missing headers, ...
+                print(
+                    f"sn_det: the compiled CPU kernels failed to build ({e}); the package "
+                    "works without them, on slower torch ops on the CPU"
+                )
+
+    ext = CppExtension(
+        "sn_det._C",
+        sorted(glob.glob("sn_det/layers/csrc/*.cpp")),
+        extra_compile_args=flags,
+        # Links libgomp.so.1 by soname; in-process that resolves to the runtime torch
+        # already loaded (torch's bundled copy has the same soname): one thread pool.
+        extra_link_args=["-fopenmp"],
+    )
+    return [ext], {"build_ext": OptionalBuildExtension}
+
+
+def shipped_configs():
+    """The yaml recipes under configs/, shipped in the package as sn_det/model_zoo/configs (as
+    detectron2 ships its model zoo): a symlink to configs/ is made there, or a copy where
+    symlinks are not possible, and every yaml below it becomes package data."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    source = os.path.join(here, "configs")
+    dest = os.path.join(here, "sn_det", "model_zoo", "configs")
+    if os.path.islink(dest) or not os.path.exists(dest):
+        if os.path.islink(dest):
+            os.unlink(dest)
+        try:
+            os.symlink(os.path.join("..", "..", "configs"), dest)  # relative: the tree may move
+        except OSError:
+            shutil.copytree(source, dest)
     return [
-        CppExtension(
-            "sn_det._C",
-            sorted(glob.glob("sn_det/layers/csrc/*.cpp")),
-            extra_compile_args=flags,
-            # Links libgomp.so.1 by soname; in-process that resolves to the runtime torch
-            # already loaded (torch's bundled copy has the same soname): one thread pool.
-            extra_link_args=["-fopenmp"],
-        )
+        os.path.relpath(p, os.path.join(here, "sn_det", "model_zoo"))
+        for p in glob.glob(os.path.join(dest, "**", "*.yaml"), recursive=True)
     ]
 
+
+ext_modules, cmdclass = extensions()
 
 setup(
     name="sn_det",
     version="0.1.0",
     description="Switchable Normalization (Luo et al., ICLR 2019) for detectron2",
     packages=find_packages(exclude=("tests", "tests.*", "configs", "tools", "projects")),
-    # The only detectron2 wheel on PyPI that carries the compiled _C (sal-detectron2) is cp310.
-    python_requires=">=3.10,<3.11",
+    python_requires=">=3.8",
+    # Lower bounds only: sn_det runs in the user's own detectron2 environment. The versions
+    # the project tests against are pinned in constraints.txt.
     install_requires=[
-        "torch==2.3.1",  # sal-detectron2's _C does not load with torch >= 2.5
-        "torchvision==0.18.1",
-        "sal-detectron2==0.7.2",
-        "numpy<2",
-        "fvcore>=0.1.5,<0.1.6",  # not declared by sal-detectron2
-        "iopath>=0.1.7,<0.1.10",  # not declared by sal-detectron2
-        "pycocotools",
-        "opencv-python-headless",
+        "torch>=2.0",
+        "numpy",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.7",
+        "pycocotools>=2.0.2",
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest"], "export": ["onnx", "onnxruntime"]},
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension},
+    extras_require={
+        "test": ["pytest"],
+        "export": ["onnx", "onnxruntime"],
+        "gpu": ["triton>=2.3"],
+    },
+    package_data={"sn_det.model_zoo": shipped_configs()},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

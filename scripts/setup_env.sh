@@ -54,7 +54,7 @@ fi
 
 echo "[setup] installing the pinned working set into $venv (first time: a few minutes)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt \
-  "torch==2.3.1" "torchvision==0.18.1" "sal-detectron2==0.7.2" "fvcore" "iopath" \
+  "wheel" "torch==2.3.1" "torchvision==0.18.1" "sal-detectron2==0.7.2" "fvcore" "iopath" \
   "pycocotools" "opencv-python-headless" "matplotlib" "tensorboard" "pytest" \
   "onnx" "onnxruntime"  # the export tests
 # --no-build-isolation: setup.py compiles sn_det's CPU kernels against the venv's torch.

@@ -5,6 +5,15 @@ Importing the package registers its builders in detectron2's registries (backbon
 ``SNMaskRCNNConvUpsampleHead``, ``SNRes5ROIHeads``) and its norm names ("SN", "SyncSN").
 """
 
+try:
+    import detectron2  # noqa: F401  (a prerequisite, built against the user's torch)
+except ImportError:
+    raise ImportError(
+        "sn_det needs detectron2, which is not installed in this environment: install it first "
+        "(https://detectron2.readthedocs.io/en/latest/tutorials/install.html; on Python 3.10 "
+        "with torch 2.3, `pip install sal-detectron2==0.7.2 'fvcore<0.1.6' 'iopath<0.1.10'`)."
+    ) from None
+
 from . import data as _data  # registration: sn_synth_train, sn_synth_val
 from . import modeling as _modeling  # registration: backbones, heads
 from .config import add_sn_config
