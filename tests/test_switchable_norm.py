@@ -446,3 +446,39 @@ def test_torch_compile_runs_and_matches_eager():
     assert_close(y, y_eager, what="compiled forward")
     y.pow(2).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+class _SoftmaxOutsideSN(SwitchNorm2d):
+    """SN whose mixing weights are computed outside the kernels (the probability mode that
+    Sparse SN uses), here with the same softmax: must equal SwitchNorm2d exactly."""
+
+    switch_probabilities = True
+
+    def _switch_inputs(self):
+        return torch.softmax(self.mean_weight, 0), torch.softmax(self.var_weight, 0)
+
+
+@pytest.mark.parametrize("path", ["cpu_kernels", "torch_ops", "triton"])
+@pytest.mark.parametrize("using_bn,training", [(True, True), (True, False), (False, True)])
+def test_probability_mode_matches_logits(monkeypatch, path, using_bn, training):
+    from sn_det.layers import sn_kernels, switchable_norm
+
+    if path == "torch_ops":
+        monkeypatch.setattr(sn_kernels, "_C", None)
+    if path == "triton":
+        pytest.importorskip("triton")
+        monkeypatch.setattr(switchable_norm, "TRITON_ON_CPU", True)
+    dtype = torch.float32 if path == "triton" else torch.double
+    ref = make_layer(6, using_bn=using_bn).to(dtype).train(training)
+    probs = _SoftmaxOutsideSN(6, using_bn=using_bn).to(dtype).train(training)
+    probs.load_state_dict(ref.state_dict())
+    x = random_input((3, 6, 5, 4)).detach().to(dtype)
+    outs = []
+    for m in (ref, probs):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.pow(2).sum().backward()
+        outs.append([y, xi.grad, m.mean_weight.grad, m.var_weight.grad, m.weight.grad])
+    rtol = 2e-5 if dtype == torch.float32 else 1e-9
+    for a, b, what in zip(*outs, ["y", "dx", "d mean_weight", "d var_weight", "d weight"]):
+        assert_close(a.double(), b.double(), rtol, what)

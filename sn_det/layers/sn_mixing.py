@@ -53,6 +53,7 @@ class Mixed(NamedTuple):
     rstd: Tensor  # (N, C)
     weight: Tensor  # (C,)
     bias: Tensor  # (C,)
+    probs: bool  # mean/var weights were the mixing probabilities, not logits
 
 
 def batch_moments(mean_in: Tensor, var_in: Tensor) -> Tuple[Tensor, Tensor]:
@@ -81,12 +82,13 @@ def mix_ops(
     eps: float,
     mean_bn: Optional[Tensor],
     var_bn: Optional[Tensor],
+    probs: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:func:`mix_forward` in torch ops: (scale, mean, rstd, mean_ln, var_ln, pm, pv)."""
     mean_ln = mean_in.mean(1, keepdim=True)
     var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).pow(2).mean(1, keepdim=True)
-    pm = torch.softmax(mean_weight, 0)
-    pv = torch.softmax(var_weight, 0)
+    pm = mean_weight if probs else torch.softmax(mean_weight, 0)
+    pv = var_weight if probs else torch.softmax(var_weight, 0)
     mean = pm[0] * mean_in + pm[1] * mean_ln
     var = pv[0] * var_in + pv[1] * var_ln
     if mean_bn is not None and var_bn is not None:
@@ -105,6 +107,7 @@ def mix_forward(
     var_weight: Tensor,
     eps: float,
     bn_moments: Optional[Tuple[Tensor, Tensor]] = None,
+    probs: bool = False,
 ) -> Mixed:
     """Mix the moments into the per-plane mean mu and scale = weight / sqrt(sig + eps).
 
@@ -113,6 +116,8 @@ def mix_forward(
         weight, bias: (C,). mean_weight, var_weight: (K,) logits, K = 3 with a BN term.
         bn_moments: the BN term's (mean, var), each (1, C): batch moments or running
             statistics; None when the layer has no BN term (K = 2).
+        probs: mean_weight/var_weight are the mixing probabilities themselves (Sparse SN's
+            sparsestmax outputs); :func:`mix_backward` then returns their gradients.
     """
     mean_bn, var_bn = bn_moments if bn_moments is not None else (None, None)
     small = (mean_in, var_in, weight, bias, mean_weight, var_weight)
@@ -127,13 +132,27 @@ def mix_forward(
             eps,
             empty if mean_bn is None else mean_bn.contiguous(),
             empty if var_bn is None else var_bn.contiguous(),
+            probs,
         )
     else:
         scale, mean, rstd, mean_ln, var_ln, pm, pv = mix_ops(
-            mean_in, var_in, weight, mean_weight, var_weight, eps, mean_bn, var_bn
+            mean_in, var_in, weight, mean_weight, var_weight, eps, mean_bn, var_bn, probs
         )
     return Mixed(
-        scale, mean_in, var_in, mean_ln, var_ln, mean_bn, var_bn, pm, pv, mean, rstd, weight, bias
+        scale,
+        mean_in,
+        var_in,
+        mean_ln,
+        var_ln,
+        mean_bn,
+        var_bn,
+        pm,
+        pv,
+        mean,
+        rstd,
+        weight,
+        bias,
+        probs,
     )
 
 
@@ -171,6 +190,7 @@ def mix_backward(s: Mixed, g_c: Tensor, g_shift: Tensor):
             s.scale,
             g_c,
             g_shift,
+            s.probs,
         )
         if s.mean_bn is None:
             out[6:] = [None, None]
@@ -197,8 +217,11 @@ def mix_backward(s: Mixed, g_c: Tensor, g_shift: Tensor):
         d_var_bn = s.pv[2] * col_var
         dpm.append((d_mean * (s.mean_bn - s.mean)).sum())
         dpv.append((col_var * s.var_bn).sum())
-    d_mean_weight = _softmax_backward(s.pm, torch.stack(dpm))
-    d_var_weight = _softmax_backward(s.pv, torch.stack(dpv))
+    if s.probs:  # the centring term is cancelled by the simplex map upstream, as by softmax's
+        d_mean_weight, d_var_weight = torch.stack(dpm), torch.stack(dpv)
+    else:
+        d_mean_weight = _softmax_backward(s.pm, torch.stack(dpm))
+        d_var_weight = _softmax_backward(s.pv, torch.stack(dpv))
 
     # LN term: mean_ln = mean_c m, var_ln = mean_c v + mean_c (m - mean_ln)^2; the latter's
     # derivative in m is 2 (m - mean_ln) / C (the part through mean_ln sums to zero).

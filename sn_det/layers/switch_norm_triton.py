@@ -85,14 +85,20 @@ def _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, NC):
 
 
 @triton.jit
-def _softmax3(ptr, K: tl.constexpr):  # noqa: N803
-    """Softmax of the K (2 or 3) switch logits at ``ptr``, as three scalars (p2 = 0 if K == 2)."""
+def _softmax3(ptr, K: tl.constexpr, PROBS: tl.constexpr):  # noqa: N803
+    """Softmax of the K (2 or 3) switch logits at ``ptr``, as three scalars (p2 = 0 if K == 2);
+    PROBS: the values at ``ptr`` are the mixing probabilities already (Sparse SN)."""
     l0 = tl.load(ptr).to(tl.float32)
     l1 = tl.load(ptr + 1).to(tl.float32)
     if K == 3:
         l2 = tl.load(ptr + 2).to(tl.float32)
     else:
         l2 = l0
+    if PROBS:
+        if K == 3:
+            return l0, l1, l2
+        else:
+            return l0, l1, l0 * 0.0
     mx = _max(_max(l0, l1), l2)
     e0 = tl.exp(l0 - mx)
     e1 = tl.exp(l1 - mx)
@@ -223,6 +229,7 @@ def _mix_rows_kernel(
     eps,
     momentum,
     K: tl.constexpr,
+    PROBS: tl.constexpr,
     UPDATE: tl.constexpr,
     MOVING: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -235,8 +242,8 @@ def _mix_rows_kernel(
     else the batch-average sums)."""
     ns = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = ns < N
-    pm0, pm1, pm2 = _softmax3(mean_logit_ptr, K)
-    pv0, pv1, pv2 = _softmax3(var_logit_ptr, K)
+    pm0, pm1, pm2 = _softmax3(mean_logit_ptr, K, PROBS)
+    pv0, pv1, pv2 = _softmax3(var_logit_ptr, K, PROBS)
     ln_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
     ln_m2 = tl.zeros([BLOCK_N], dtype=tl.float32)
     sum_v = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -427,6 +434,7 @@ def _backward_cols_kernel(
     C,
     S,
     K: tl.constexpr,
+    PROBS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -435,8 +443,8 @@ def _backward_cols_kernel(
     common part, and with it the cancellation of large means) and sum d_var * var_k."""
     cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cs < C
-    _, _, pm2 = _softmax3(mean_logit_ptr, K)
-    _, _, pv2 = _softmax3(var_logit_ptr, K)
+    _, _, pm2 = _softmax3(mean_logit_ptr, K, PROBS)
+    _, _, pv2 = _softmax3(var_logit_ptr, K, PROBS)
     w = tl.expand_dims(tl.load(weight_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
     if K == 3:
         bm = tl.expand_dims(tl.load(bn_mean_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
@@ -490,9 +498,10 @@ def _backward_cols_kernel(
 
 
 @triton.jit
-def _logit_grads(logit_ptr, p0, p1, p2, row, C, BLOCK_C: tl.constexpr):
+def _logit_grads(logit_ptr, p0, p1, p2, row, C, BLOCK_C: tl.constexpr, PROBS: tl.constexpr):
     """Softmax backward of one logit vector from the (3, C) partials starting at ``row``:
-    d logit_k = p_k (dp_k - sum_j p_j dp_j), as a [1, 4] tile (lanes 0..2)."""
+    d logit_k = p_k (dp_k - sum_j p_j dp_j), as a [1, 4] tile (lanes 0..2). PROBS: dp itself
+    (its common centring term is cancelled by the simplex map upstream)."""
     lanes = tl.expand_dims(tl.arange(0, 4), 0)
     dp = tl.zeros([1, 4], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -501,6 +510,8 @@ def _logit_grads(logit_ptr, p0, p1, p2, row, C, BLOCK_C: tl.constexpr):
         idx = tl.expand_dims(cs, 1) + lanes * C
         part = tl.load(logit_ptr + row * C + idx, mask=c_mask & (lanes < 3), other=0.0)
         dp += tl.expand_dims(tl.sum(part, axis=0), 0)
+    if PROBS:
+        return dp, lanes
     p = tl.where(lanes == 0, p0, tl.where(lanes == 1, p1, tl.where(lanes == 2, p2, 0.0)))
     total = tl.sum(p * dp, axis=1)
     return p * (dp - tl.expand_dims(total, 1)), lanes
@@ -532,6 +543,7 @@ def _backward_rows_kernel(
     S,
     count,
     K: tl.constexpr,
+    PROBS: tl.constexpr,
     BN_BATCH: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -542,8 +554,8 @@ def _backward_rows_kernel(
     pid = tl.program_id(0)
     ns = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = ns < N
-    pm0, pm1, pm2 = _softmax3(mean_logit_ptr, K)
-    pv0, pv1, pv2 = _softmax3(var_logit_ptr, K)
+    pm0, pm1, pm2 = _softmax3(mean_logit_ptr, K, PROBS)
+    pv0, pv1, pv2 = _softmax3(var_logit_ptr, K, PROBS)
     row_m = tl.zeros([BLOCK_N], dtype=tl.float32)
     row_v = tl.zeros([BLOCK_N], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):  # first: the LN-term sums over channels
@@ -594,9 +606,9 @@ def _backward_rows_kernel(
         tl.store(b_ptr + idx, d_mean_in / L, mask=mask)
     # Every program reduces the (6, C) partials (cheap); program 0 stores the result.
     first = pid == 0
-    d_pm, lanes = _logit_grads(logit_ptr, pm0, pm1, pm2, 0, C, BLOCK_C)
+    d_pm, lanes = _logit_grads(logit_ptr, pm0, pm1, pm2, 0, C, BLOCK_C, PROBS)
     tl.store(d_mean_logit_ptr + lanes, d_pm, mask=(lanes < K) & first)
-    d_pv, lanes = _logit_grads(logit_ptr, pv0, pv1, pv2, 3, C, BLOCK_C)
+    d_pv, lanes = _logit_grads(logit_ptr, pv0, pv1, pv2, 3, C, BLOCK_C, PROBS)
     tl.store(d_var_logit_ptr + lanes, d_pv, mask=(lanes < K) & first)
 
 
@@ -692,6 +704,13 @@ def _small_tile(n: int, c: int, along_n: bool) -> Tuple[int, int]:
     return min(_next_pow2(n), 8), min(_next_pow2(c), 256)
 
 
+def _interpreter_safe(*ts: Tensor):
+    """The interpreter (CPU tensors) writes every tensor argument back after a kernel, which
+    bumps its autograd version: inputs that another node saved for backward (Sparse SN's
+    mixing probabilities) must go in as copies there. On the GPU they go in as they are."""
+    return tuple(t if t.is_cuda else t.detach().clone() for t in ts)
+
+
 class SwitchNormTritonFunction(torch.autograd.Function):
     """SN forward and backward in eight Triton launches (see the module docstring).
 
@@ -702,6 +721,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch: bool):
+        mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
         n, c, h, w = x.shape
         length = h * w
         x_strides = _plane_strides(x)
@@ -749,7 +769,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             dummy if run_mean is None else run_mean, dummy if run_var is None else run_var,
             mean_in, var_in, ln_mean, ln_var, mu, scale, rstd,
             n, c, length, n_splits, span, layer.eps, layer.momentum,
-            K=k, UPDATE=update, MOVING=layer.using_moving_average,
+            K=k, PROBS=layer.switch_probabilities, UPDATE=update, MOVING=layer.using_moving_average,
             BLOCK_N=row_n, BLOCK_C=row_c,
         )  # fmt: skip
         if update and not layer.using_moving_average:
@@ -773,6 +793,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, weight, mean_weight, var_weight = ctx.saved_tensors
+        mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
         (layer, count, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
          tiles) = ctx.state  # fmt: skip
         block_c, block_l, n_splits, per_split = tiles
@@ -807,7 +828,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             g_shift, g_c, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd,
             weight, mean_weight, var_weight, bn_m, bn_v, d_weight, d_bias, d_mean_bn, d_var_bn,
             logit_parts,
-            n, c, n_splits, K=k, BLOCK_N=bn_n, BLOCK_C=bn_c,
+            n, c, n_splits, K=k, PROBS=layer.switch_probabilities, BLOCK_N=bn_n, BLOCK_C=bn_c,
         )  # fmt: skip
         bn_batch = count is not None
         if bn_batch:  # identity, or the sum over ranks for a synchronized layer
@@ -821,7 +842,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             g_shift, g_c, mean_in, ln_mean, mu, scale, rstd, weight, mean_weight, var_weight,
             bn_m, d_mean_bn, d_var_bn, logit_parts, a, b, d_mw, d_vw,
             n, c, length, n_splits, float(count or 1),
-            K=k, BN_BATCH=bn_batch, BLOCK_N=row_n, BLOCK_C=row_c,
+            K=k, PROBS=layer.switch_probabilities, BN_BATCH=bn_batch, BLOCK_N=row_n, BLOCK_C=row_c,
         )  # fmt: skip
 
         dx = None

@@ -150,6 +150,9 @@ class SwitchNorm2d(nn.Module):
     """
 
     _version = 2  # 1 (or absent): published layout, (1, C, 1, 1) params and (1, C, 1) buffers
+    # Whether _switch_inputs() returns the mixing probabilities themselves rather than logits
+    # to softmax (Sparse SN, a subclass, computes them by sparsestmax).
+    switch_probabilities = False
 
     def __init__(
         self,
@@ -255,7 +258,15 @@ class SwitchNorm2d(nn.Module):
                     self.running_var.to(dtype).view(1, -1),
                 )
         mixed = mix_forward(
-            mean_in, var_in, weight, bias, mean_weight, var_weight, self.eps, bn_moments
+            mean_in,
+            var_in,
+            weight,
+            bias,
+            mean_weight,
+            var_weight,
+            self.eps,
+            bn_moments,
+            self.switch_probabilities,
         )
         if count is not None:
             self._track(mixed.mean_bn.view(-1), mixed.var_bn.view(-1))
@@ -282,6 +293,12 @@ class SwitchNorm2d(nn.Module):
             self.num_batches_accumulated += 1
 
     # ------------------------------------------------------------------ forward
+    @torch.jit.unused
+    def _switch_inputs(self) -> Tuple[Tensor, Tensor]:
+        """What the mixing takes for the mean and variance terms: the logits here (softmax is
+        applied inside); a subclass with ``switch_probabilities`` returns probabilities."""
+        return self.mean_weight, self.var_weight
+
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():
             return self._forward_scripted(x)
@@ -348,7 +365,7 @@ class SwitchNorm2d(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) got an input with {x.shape[1]} channels"
             )
-        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
+        params = (self.weight, self.bias, *self._switch_inputs())
         triton_fn = _triton_function(x)
         if triton_fn is not None:
             # Reads half-precision inputs as they are (float32 statistics inside the kernels).

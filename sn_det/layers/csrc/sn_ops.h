@@ -14,12 +14,12 @@ at::Tensor backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tens
 // switch_norm_mix_cpu.cpp: the (N, C)-sized mixing and its backward.
 std::vector<at::Tensor> mix_forward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
                                     const at::Tensor& mean_logits, const at::Tensor& var_logits, double eps,
-                                    const at::Tensor& bn_mean, const at::Tensor& bn_var);
+                                    const at::Tensor& bn_mean, const at::Tensor& bn_var, bool probs);
 std::vector<at::Tensor> mix_backward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
                                      const at::Tensor& mean_ln, const at::Tensor& var_ln, const at::Tensor& bn_mean,
                                      const at::Tensor& bn_var, const at::Tensor& pm, const at::Tensor& pv,
                                      const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale,
-                                     const at::Tensor& g_c, const at::Tensor& g_shift);
+                                     const at::Tensor& g_c, const at::Tensor& g_shift, bool probs);
 std::vector<at::Tensor> batch_moments(const at::Tensor& mean_in, const at::Tensor& var_in);
 std::vector<at::Tensor> dx_coefficients(const at::Tensor& mean_in, const at::Tensor& d_mean_in,
                                         const at::Tensor& d_var_in, const at::Tensor& bn_mean,

@@ -17,9 +17,15 @@
 
 namespace {
 
+// The mixing weights: softmax of the logits, or (probs) the given probabilities themselves
+// (Sparse SN passes sparsestmax outputs).
 template <typename acc_t, typename scalar_t>
-std::vector<acc_t> softmax(const scalar_t* logits, int64_t k) {
+std::vector<acc_t> softmax(const scalar_t* logits, int64_t k, bool probs) {
   std::vector<acc_t> p(k);
+  if (probs) {
+    for (int64_t i = 0; i < k; ++i) p[i] = logits[i];
+    return p;
+  }
   acc_t mx = logits[0], sum = 0;
   for (int64_t i = 1; i < k; ++i) mx = std::max<acc_t>(mx, logits[i]);
   for (int64_t i = 0; i < k; ++i) sum += (p[i] = std::exp(acc_t(logits[i]) - mx));
@@ -34,10 +40,11 @@ void check_small(const at::Tensor& t, const at::Tensor& like, const char* name) 
 
 }  // namespace
 
-// Returns scale, mean, rstd (N, C); mean_ln, var_ln (N, 1); pm, pv (K).
+// Returns scale, mean, rstd (N, C); mean_ln, var_ln (N, 1); pm, pv (K). probs: the "logits"
+// are the mixing probabilities themselves.
 std::vector<at::Tensor> mix_forward(const at::Tensor& mean_in, const at::Tensor& var_in, const at::Tensor& weight,
                                     const at::Tensor& mean_logits, const at::Tensor& var_logits, double eps,
-                                    const at::Tensor& bn_mean, const at::Tensor& bn_var) {
+                                    const at::Tensor& bn_mean, const at::Tensor& bn_var, bool probs) {
   for (auto* t : {&mean_in, &var_in, &weight, &mean_logits, &var_logits, &bn_mean, &bn_var}) {
     check_small(*t, mean_in, "mix_forward argument");
   }
@@ -54,8 +61,8 @@ std::vector<at::Tensor> mix_forward(const at::Tensor& mean_in, const at::Tensor&
     const scalar_t* w = weight.data_ptr<scalar_t>();
     const scalar_t* bm = has_bn ? bn_mean.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bv = has_bn ? bn_var.data_ptr<scalar_t>() : nullptr;
-    auto pm = softmax<acc_t>(mean_logits.data_ptr<scalar_t>(), k);
-    auto pv = softmax<acc_t>(var_logits.data_ptr<scalar_t>(), k);
+    auto pm = softmax<acc_t>(mean_logits.data_ptr<scalar_t>(), k, probs);
+    auto pv = softmax<acc_t>(var_logits.data_ptr<scalar_t>(), k, probs);
     for (int64_t i = 0; i < k; ++i) {
       pm_t.data_ptr<scalar_t>()[i] = pm[i];
       pv_t.data_ptr<scalar_t>()[i] = pv[i];
@@ -102,7 +109,7 @@ std::vector<at::Tensor> mix_backward(const at::Tensor& mean_in, const at::Tensor
                                      const at::Tensor& mean_ln, const at::Tensor& var_ln, const at::Tensor& bn_mean,
                                      const at::Tensor& bn_var, const at::Tensor& pm_t, const at::Tensor& pv_t,
                                      const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& scale,
-                                     const at::Tensor& g_c_in, const at::Tensor& g_shift_in) {
+                                     const at::Tensor& g_c_in, const at::Tensor& g_shift_in, bool probs) {
   const at::Tensor g_c = g_c_in.contiguous(), g_shift = g_shift_in.contiguous();
   for (auto* t : {&var_in, &weight, &mean_ln, &var_ln, &bn_mean, &bn_var, &pm_t, &pv_t, &mean, &rstd, &scale,
                   &g_c, &g_shift}) {
@@ -173,15 +180,16 @@ std::vector<at::Tensor> mix_backward(const at::Tensor& mean_in, const at::Tensor
         dpv[2] += col_dvar[j] * acc_t(bv[j]);
       }
     }
-    // softmax backward: d logit_i = p_i (dp_i - sum_j p_j dp_j)
+    // softmax backward: d logit_i = p_i (dp_i - sum_j p_j dp_j). With probs, dp itself: its
+    // common (centring) term is cancelled by any map onto the simplex upstream, as here.
     acc_t sm = 0, sv = 0;
     for (int64_t i = 0; i < k; ++i) {
       sm += acc_t(pm[i]) * dpm[i];
       sv += acc_t(pv[i]) * dpv[i];
     }
     for (int64_t i = 0; i < k; ++i) {
-      d_ml.data_ptr<scalar_t>()[i] = acc_t(pm[i]) * (dpm[i] - sm);
-      d_vl.data_ptr<scalar_t>()[i] = acc_t(pv[i]) * (dpv[i] - sv);
+      d_ml.data_ptr<scalar_t>()[i] = probs ? dpm[i] : acc_t(pm[i]) * (dpm[i] - sm);
+      d_vl.data_ptr<scalar_t>()[i] = probs ? dpv[i] : acc_t(pv[i]) * (dpv[i] - sv);
     }
   });
   return {d_mean_in, d_var_in, d_weight, d_bias, d_ml, d_vl, d_mean_bn, d_var_bn};
