@@ -65,24 +65,30 @@ def extensions():
 
 
 def shipped_configs():
-    """The yaml recipes under configs/, shipped in the package as sn_det/model_zoo/configs (as
-    detectron2 ships its model zoo): a symlink to configs/ is made there, or a copy where
-    symlinks are not possible, and every yaml below it becomes package data."""
+    """The yaml recipes under configs/ and projects/*/configs/, shipped in the package as
+    sn_det/model_zoo/configs and sn_det/model_zoo/projects (as detectron2 ships its model
+    zoo): symlinks to the repository's folders are made there, or copies where symlinks are
+    not possible, and every yaml below them becomes package data. The same relative layout
+    keeps the projects' ``_BASE_: ../../../configs/...`` valid once installed."""
     here = os.path.dirname(os.path.abspath(__file__))
-    source = os.path.join(here, "configs")
-    dest = os.path.join(here, "sn_det", "model_zoo", "configs")
-    if os.path.islink(dest) or not os.path.exists(dest):
-        if os.path.islink(dest):
-            os.unlink(dest)
-        try:
-            os.symlink(os.path.join("..", "..", "configs"), dest)  # relative: the tree may move
-        except OSError:
-            shutil.copytree(source, dest)
-    return [
-        os.path.relpath(p, os.path.join(here, "sn_det", "model_zoo"))
-        for p in glob.glob(os.path.join(dest, "**", "*.yaml"), recursive=True)
-    ]
+    zoo = os.path.join(here, "sn_det", "model_zoo")
+    files = []
+    for name in ("configs", "projects"):
+        dest = os.path.join(zoo, name)
+        if os.path.islink(dest) or not os.path.exists(dest):
+            if os.path.islink(dest):
+                os.unlink(dest)
+            try:
+                os.symlink(os.path.join("..", "..", name), dest)  # relative: the tree may move
+            except OSError:
+                shutil.copytree(os.path.join(here, name), dest)
+        pattern = "**/*.yaml" if name == "configs" else "*/configs/**/*.yaml"
+        files += glob.glob(os.path.join(dest, pattern), recursive=True)
+    return [os.path.relpath(p, zoo) for p in files]
 
+
+# package name -> folder under projects/ (as in sn_det/projects/__init__.py)
+PROJECTS = {"sparse_sn": "SparseSN"}
 
 ext_modules, cmdclass = extensions()
 
@@ -90,7 +96,12 @@ setup(
     name="sn_det",
     version="0.1.0",
     description="Switchable Normalization (Luo et al., ICLR 2019) for detectron2",
-    packages=find_packages(exclude=("tests", "tests.*", "configs", "tools", "projects")),
+    packages=find_packages(exclude=("tests", "tests.*", "configs", "tools", "projects"))
+    + [f"sn_det.projects.{name}" for name in PROJECTS],
+    # The research projects ship as sn_det.projects.<name> (see sn_det/projects/__init__.py).
+    package_dir={
+        f"sn_det.projects.{name}": f"projects/{folder}/{name}" for name, folder in PROJECTS.items()
+    },
     python_requires=">=3.8",
     # Lower bounds only: sn_det runs in the user's own detectron2 environment. The versions
     # the project tests against are pinned in constraints.txt.

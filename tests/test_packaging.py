@@ -15,13 +15,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_config_in_the_repository_is_shipped_and_loads():
+    from sn_det.projects.sparse_sn import add_sparse_sn_config
+
     in_repo = sorted(
-        os.path.relpath(p, os.path.join(REPO, "configs"))
-        for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
+        [
+            os.path.relpath(p, os.path.join(REPO, "configs"))
+            for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
+        ]
+        + [
+            os.path.relpath(p, REPO)
+            for p in glob.glob(
+                os.path.join(REPO, "projects", "*", "configs", "**", "*.yaml"), recursive=True
+            )
+        ]
     )
     assert model_zoo.list_configs() == in_repo
+    adders = {"projects/SparseSN/": (add_sparse_sn_config,)}
     for path in in_repo:
-        cfg = model_zoo.get_config(path)  # _BASE_ chains resolve from the shipped folder
+        extra = next((a for prefix, a in adders.items() if path.startswith(prefix)), ())
+        cfg = model_zoo.get_config(path, extra)  # _BASE_ chains resolve from the shipped folder
         assert cfg.MODEL.SN.MOMENTUM > 0, path
 
 
@@ -52,8 +64,9 @@ def test_isolated_wheel_builds_without_torch_and_ships_the_configs(tmp_path):
     (wheel,) = glob.glob(str(tmp_path / "sn_det-*.whl"))
     assert wheel.endswith("-py3-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    yamls = [n for n in names if n.startswith("sn_det/model_zoo/configs/") and n.endswith(".yaml")]
+    yamls = [n for n in names if n.startswith("sn_det/model_zoo/") and n.endswith(".yaml")]
     assert len(yamls) == len(model_zoo.list_configs())
+    assert "sn_det/projects/sparse_sn/sparsestmax.py" in names  # projects ship as subpackages
     assert not [n for n in names if n.endswith(".so")]
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [l for l in meta.splitlines() if l.startswith("Requires-Dist") and "extra" not in l]

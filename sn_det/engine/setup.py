@@ -35,15 +35,21 @@ def _check_weights(cfg, resume: bool) -> None:
     )
 
 
-def load_cfg(config_file: str, opts=()) -> CfgNode:
+def load_cfg(config_file: str, opts=(), config_adders=()) -> CfgNode:
     """get_cfg + sn_det's keys + the file + ``KEY VALUE`` opts, not frozen and not checked
     beyond parsing (for tools that only build a model, e.g. tools/visualize_sn.py).
+
+    Args:
+        config_adders: functions ``cfg -> cfg`` adding a project's keys (e.g. Sparse SN's
+            ``add_sparse_sn_config``), applied after sn_det's.
 
     Raises:
         ConfigError: a missing or unreadable file, a key typo or a wrongly typed value.
     """
     cfg = get_cfg()
     add_sn_config(cfg)
+    for add in config_adders:
+        add(cfg)
     try:
         cfg.merge_from_file(config_file)
     except (FileNotFoundError, AssertionError) as e:  # detectron2 asserts the file exists
@@ -57,18 +63,19 @@ def load_cfg(config_file: str, opts=()) -> CfgNode:
     return cfg
 
 
-def setup_cfg(args, default=True):
+def setup_cfg(args, default=True, config_adders=()):
     """get_cfg + MODEL.SN keys + the file + the trailing KEY VALUE opts, checked and frozen.
 
     Args:
         args: parsed ``default_argument_parser()`` arguments.
         default: also run detectron2's ``default_setup`` (logging, output dir, seeds).
+        config_adders: see :func:`load_cfg`.
 
     Raises:
         ConfigError: a missing or unreadable config file, a key typo, an unknown norm or
             dataset, a missing dataset path, or a CUDA device on a machine without one.
     """
-    cfg = load_cfg(args.config_file, args.opts)
+    cfg = load_cfg(args.config_file, args.opts, config_adders)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA GPU is available; "

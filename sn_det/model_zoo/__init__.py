@@ -2,8 +2,9 @@
 
 Config paths are relative to the repository's ``configs/`` folder, which is installed with
 the package (as ``sn_det/model_zoo/configs``, see setup.py), e.g.
-``get_config("sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml")``. ``_BASE_`` chains between
-shipped configs resolve there, from an installed package as from a checkout.
+``get_config("sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml")``; the projects' recipes are
+``projects/<Folder>/configs/...`` (e.g. ``projects/SparseSN/configs/...``). ``_BASE_`` chains
+between shipped configs resolve there, from an installed package as from a checkout.
 """
 
 import os
@@ -12,26 +13,42 @@ from detectron2.config import CfgNode, get_cfg
 
 __all__ = ["get_config_file", "get_config", "list_configs", "ConfigNotFoundError"]
 
-_PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-# A source checkout whose setup.py has not run yet (no symlink): the repository's configs/.
-_CHECKOUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# A source checkout whose setup.py has not run yet (no symlinks): the repository's folders.
+_CHECKOUT = os.path.normpath(os.path.join(_HERE, "..", ".."))
 
 
 class ConfigNotFoundError(FileNotFoundError):
     """A config path that sn_det does not ship; the message is one sentence."""
 
 
-def _root() -> str:
-    return _PACKAGED if os.path.isdir(_PACKAGED) else os.path.normpath(_CHECKOUT)
+def _folder(name: str) -> str:
+    """The installed ``configs``/``projects`` folder, or the checkout's."""
+    packaged = os.path.join(_HERE, name)
+    return packaged if os.path.isdir(packaged) else os.path.join(_CHECKOUT, name)
+
+
+def _path(config_path: str) -> str:
+    if config_path.startswith("projects/"):
+        return os.path.join(_folder("projects"), config_path[len("projects/") :])
+    return os.path.join(_folder("configs"), config_path)
+
+
+def _yamls(root: str):
+    for folder, _, files in os.walk(root, followlinks=True):
+        for f in files:
+            if f.endswith(".yaml"):
+                yield os.path.relpath(os.path.join(folder, f), root)
 
 
 def list_configs():
     """Every shipped config, as the relative paths :func:`get_config_file` takes."""
-    root = _root()
-    found = []
-    for folder, _, files in os.walk(root):
+    found = list(_yamls(_folder("configs")))
+    projects = _folder("projects")
+    for project in sorted(os.listdir(projects)) if os.path.isdir(projects) else ():
         found += [
-            os.path.relpath(os.path.join(folder, f), root) for f in files if f.endswith(".yaml")
+            f"projects/{project}/configs/{p}"
+            for p in _yamls(os.path.join(projects, project, "configs"))
         ]
     return sorted(found)
 
@@ -41,12 +58,13 @@ def get_config_file(config_path: str) -> str:
 
     Args:
         config_path: relative to sn_det's ``configs/``, e.g.
-            ``"sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml"``.
+            ``"sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml"``, or a project's
+            ``"projects/SparseSN/configs/..."``.
 
     Raises:
         ConfigNotFoundError: sn_det ships no such config (the message names it).
     """
-    path = os.path.join(_root(), config_path)
+    path = _path(config_path)
     if not config_path.endswith(".yaml") or not os.path.isfile(path):
         raise ConfigNotFoundError(
             f"sn_det ships no config {config_path!r} (sn_det.model_zoo.list_configs() lists "
@@ -55,10 +73,17 @@ def get_config_file(config_path: str) -> str:
     return path
 
 
-def get_config(config_path: str) -> CfgNode:
-    """detectron2's config with sn_det's keys, merged from a shipped config (not frozen)."""
+def get_config(config_path: str, config_adders=()) -> CfgNode:
+    """detectron2's config with sn_det's keys, merged from a shipped config (not frozen).
+
+    Args:
+        config_adders: functions adding a project's keys, for a project's config (e.g.
+            ``sn_det.projects.sparse_sn.add_sparse_sn_config``).
+    """
     from ..config import add_sn_config
 
     cfg = add_sn_config(get_cfg())
+    for add in config_adders:
+        add(cfg)
     cfg.merge_from_file(get_config_file(config_path))
     return cfg

@@ -1,0 +1,97 @@
+"""Train or evaluate detectron2 models with Switchable Normalization
+(``python -m sn_det.tools.train_net`` or the repository's ``tools/train_net.py``).
+
+This is detectron2's ``tools/train_net.py`` with sn_det's config keys, builders and
+SN-aware optimizer; every flag of detectron2's parser works as usual. Training writes
+checkpoints and metrics to OUTPUT_DIR; every test set is evaluated with COCOEvaluator.
+A project reuses it with its own trainer and config keys (see :func:`invoke_main`).
+"""
+
+import sys
+from typing import Callable, Sequence
+
+import detectron2.utils.comm as comm
+from detectron2.engine import default_argument_parser, launch
+from detectron2.evaluation import verify_results
+
+from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
+from sn_det.engine import ConfigError, Trainer, setup_cfg
+
+EXAMPLES = """examples:
+  # tiny SN Mask R-CNN on the embedded synthetic data (CPU, under a minute):
+  tools/train_net.py --config-file configs/quick_schedules/mask_rcnn_sn_instant_test.yaml
+  # continue from the last checkpoint in OUTPUT_DIR:
+  tools/train_net.py --config-file CFG --resume
+  # evaluate a checkpoint:
+  tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+  # two processes on a CPU-only machine (gloo), the BN term of SN synchronized over both:
+  tools/train_net.py --num-gpus 2 --config-file configs/quick_schedules/mask_rcnn_sn_instant_test.yaml \\
+      MODEL.RESNETS.NORM SyncSN MODEL.FPN.NORM SyncSN
+  # the seed's recipe on 8 GPUs:
+  tools/train_net.py --num-gpus 8 --config-file configs/sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml
+"""
+
+
+def main(args, trainer_cls=Trainer, config_adders: Sequence[Callable] = ()):
+    cfg = setup_cfg(args, config_adders=config_adders)
+    if args.eval_only:
+        model = trainer_cls.build_model(cfg)
+        SNDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = trainer_cls.test_with_sn_batch_average(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = trainer_cls(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def _main_or_exit(args, trainer_cls, config_adders):
+    try:
+        result = main(args, trainer_cls, config_adders)
+    except (ConfigError, CheckpointConversionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if comm.get_world_size() > 1:
+        # A rank can leave its last collective while a peer is still reading from it; exiting
+        # then aborted the peer now and then (seen with gloo). Meet before exiting. (No
+        # destroy_process_group: with gloo it hangs now and then, pytorch/pytorch#75097.)
+        comm.synchronize()
+    return result
+
+
+def invoke_main(
+    trainer_cls=Trainer, config_adders: Sequence[Callable] = (), epilog: str = EXAMPLES
+) -> None:
+    """Parse detectron2's training arguments and launch :func:`main` in every process.
+
+    Args:
+        trainer_cls: a subclass of sn_det's Trainer (a project's, with its hooks).
+        config_adders: functions adding a project's config keys (module-level, so that the
+            spawned worker processes can import them).
+        epilog: the examples shown by ``--help``.
+    """
+    parser = default_argument_parser(epilog=epilog)
+    args = parser.parse_args()
+    # Config errors are reported before any worker starts, as one sentence and exit 2.
+    try:
+        setup_cfg(args, default=False, config_adders=config_adders)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print("Command Line Args:", args)
+    launch(
+        _main_or_exit,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args, trainer_cls, tuple(config_adders)),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
