@@ -4,6 +4,7 @@
 # events in DIR/continuous_eval/.
 # Usage: scripts/eval_continuous.sh CONFIG DIR [TIMEOUT_SECONDS] [KEY VALUE ...]
 #   Stops after model_final.pth, or after TIMEOUT_SECONDS without a new checkpoint.
+# PYTHON (environment): the interpreter with sn_det installed, default `python`.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: scripts/eval_continuous.sh CONFIG DIR [TIMEOUT_SECONDS] [KEY VALUE ...]" >&2
@@ -14,4 +15,4 @@ shift 2
 timeout=()
 if [[ $# -gt 0 && $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; then timeout=(--timeout "$1"); shift; fi
 root=$(cd "$(dirname "$0")/.." && pwd)  # paths given by the caller stay relative to $PWD
-exec "$root/.venv/bin/python" "$root/tools/eval_continuous.py" --config-file "$config" --load-dir "$dir" "${timeout[@]}" "$@"
+exec "${PYTHON:-python}" "$root/tools/eval_continuous.py" --config-file "$config" --load-dir "$dir" "${timeout[@]}" "$@"

@@ -3,6 +3,7 @@
 # Usage: scripts/eval_once.sh CONFIG CHECKPOINT [KEY VALUE ...]
 #   NUM_GPUS=1 (environment) processes. Add TEST.SN_BATCH_AVG.ENABLED True to evaluate with
 #   batch-average SN statistics.
+# PYTHON (environment): the interpreter with sn_det installed, default `python`.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: scripts/eval_once.sh CONFIG CHECKPOINT [KEY VALUE ...]" >&2
@@ -11,4 +12,4 @@ fi
 config=$1 ckpt=$2
 shift 2
 root=$(cd "$(dirname "$0")/.." && pwd)  # paths given by the caller stay relative to $PWD
-exec "$root/.venv/bin/python" "$root/tools/train_net.py" --num-gpus "${NUM_GPUS:-1}" --eval-only --config-file "$config" MODEL.WEIGHTS "$ckpt" "$@"
+exec "${PYTHON:-python}" "$root/tools/train_net.py" --num-gpus "${NUM_GPUS:-1}" --eval-only --config-file "$config" MODEL.WEIGHTS "$ckpt" "$@"

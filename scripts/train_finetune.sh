@@ -5,10 +5,11 @@
 #   CONFIG  default configs/sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml
 #   NUM_GPUS=8 (environment) processes; KEY VALUE pairs override the config.
 # Resume an interrupted run: RESUME=1 scripts/train_finetune.sh CONFIG
+# PYTHON (environment): the interpreter with sn_det installed, default `python`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)  # paths given by the caller stay relative to $PWD
 config=${1:-$root/configs/sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml}
 shift $(( $# > 0 ? 1 : 0 ))
 resume=()
 if [[ -n "${RESUME:-}" ]]; then resume=(--resume); fi
-exec "$root/.venv/bin/python" "$root/tools/train_net.py" --num-gpus "${NUM_GPUS:-8}" "${resume[@]}" --config-file "$config" "$@"
+exec "${PYTHON:-python}" "$root/tools/train_net.py" --num-gpus "${NUM_GPUS:-8}" "${resume[@]}" --config-file "$config" "$@"

@@ -103,6 +103,7 @@ def test_each_checkpoint_once_in_order_never_early_and_not_again_after_restart(
         text=True,
         timeout=180,
         cwd=str(tmp_path),
+        env={**os.environ, "PYTHON": sys.executable},  # the scripts run ${PYTHON:-python}
     )
     assert restart.returncode == 0, restart.stdout + restart.stderr
     assert "evaluating" not in restart.stdout

@@ -5,6 +5,7 @@ test_setup_env.py.)"""
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -27,7 +28,8 @@ def run(script, *args, env=None, cwd=None):
         text=True,
         timeout=300,
         cwd=cwd or REPO,
-        env={**os.environ, **(env or {})},
+        # The scripts run ${PYTHON:-python}: this interpreter (the .venv's under make test).
+        env={**os.environ, "PYTHON": sys.executable, **(env or {})},
     )
 
 
