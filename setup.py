@@ -82,8 +82,9 @@ def shipped_configs():
                 os.symlink(os.path.join("..", "..", name), dest)  # relative: the tree may move
             except OSError:
                 shutil.copytree(os.path.join(here, name), dest)
-        pattern = "**/*.yaml" if name == "configs" else "*/configs/**/*.yaml"
-        files += glob.glob(os.path.join(dest, pattern), recursive=True)
+        pattern = "**/*" if name == "configs" else "*/configs/**/*"
+        for ext in (".yaml", ".py"):  # yacs and LazyConfig configs
+            files += glob.glob(os.path.join(dest, pattern + ext), recursive=True)
     return [os.path.relpath(p, zoo) for p in files]
 
 

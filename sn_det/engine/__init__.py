@@ -1,6 +1,6 @@
 from .batch_average import batch_average_layers, recompute_sn_batch_statistics
 from .hooks import SNBatchAverage, SNImportanceLogger
-from .optimizer import build_sn_optimizer, get_sn_optimizer_params
+from .optimizer import build_sn_optimizer, get_sn_optimizer_params, sn_optimizer_params
 from .setup import ConfigError, default_sn_setup, load_cfg, setup_cfg
 from .trainer import Trainer
 
@@ -16,4 +16,5 @@ __all__ = [
     "load_cfg",
     "recompute_sn_batch_statistics",
     "setup_cfg",
+    "sn_optimizer_params",
 ]

@@ -22,7 +22,15 @@ from torch import nn
 from .switchable_norm import SwitchNorm2d
 from .sync_switch_norm import SyncSwitchNorm2d
 
-__all__ = ["register_norm", "resolve_norm", "get_norm", "known_norm_names", "D2_NORM_NAMES"]
+__all__ = [
+    "register_norm",
+    "resolve_norm",
+    "get_norm",
+    "known_norm_names",
+    "D2_NORM_NAMES",
+    "NormFactory",
+    "SNNorm",
+]
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -115,3 +123,50 @@ def _switch_norm(cfg: CfgNode) -> NormFactory:
 def _sync_switch_norm(cfg: CfgNode) -> NormFactory:
     # BN-term statistics over all ranks of the default process group (detectron2's launch).
     return functools.partial(SyncSwitchNorm2d, **sn_kwargs(cfg))
+
+
+class SNNorm:
+    """A picklable, config-friendly norm factory: ``SNNorm("SN", momentum=0.9)(channels)``.
+
+    detectron2's ``get_norm`` takes callables, so this works wherever a builder takes a norm,
+    and in LazyConfig as ``L(SNNorm)(name="SN")`` (saved and loaded like any LazyCall).
+
+    Args:
+        name: a norm name registered with :func:`register_norm` ("SN", "SyncSN", ...).
+        eps, momentum, using_moving_average, using_bn: the ``MODEL.SN`` settings; None keeps
+            sn_det's defaults.
+    """
+
+    def __init__(
+        self,
+        name: str = "SN",
+        eps: Optional[float] = None,
+        momentum: Optional[float] = None,
+        using_moving_average: Optional[bool] = None,
+        using_bn: Optional[bool] = None,
+    ):
+        if name not in _NORM_BUILDERS:
+            raise ValueError(
+                f"SNNorm: {name!r} is not a norm registered with sn_det; registered: "
+                + ", ".join(repr(n) for n in sorted(_NORM_BUILDERS))
+            )
+        self.name = name
+        self.settings = dict(
+            EPS=eps, MOMENTUM=momentum, USING_MOVING_AVERAGE=using_moving_average, USING_BN=using_bn
+        )
+
+    def _cfg(self) -> CfgNode:
+        from ..config import add_sn_config
+
+        cfg = add_sn_config(CfgNode({"MODEL": CfgNode(), "SOLVER": CfgNode(), "TEST": CfgNode()}))
+        for key, value in self.settings.items():
+            if value is not None:
+                cfg.MODEL.SN[key] = value
+        return cfg
+
+    def __call__(self, channels: int) -> nn.Module:
+        return _NORM_BUILDERS[self.name](self._cfg())(channels)
+
+    def __repr__(self) -> str:
+        set_ = {k.lower(): v for k, v in self.settings.items() if v is not None}
+        return f"SNNorm({self.name!r}" + "".join(f", {k}={v!r}" for k, v in set_.items()) + ")"

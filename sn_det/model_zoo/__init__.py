@@ -35,9 +35,10 @@ def _path(config_path: str) -> str:
 
 
 def _yamls(root: str):
+    """The configs below ``root``: yacs ``.yaml`` and LazyConfig ``.py`` files."""
     for folder, _, files in os.walk(root, followlinks=True):
         for f in files:
-            if f.endswith(".yaml"):
+            if f.endswith((".yaml", ".py")) and "__pycache__" not in folder:
                 yield os.path.relpath(os.path.join(folder, f), root)
 
 
@@ -65,7 +66,7 @@ def get_config_file(config_path: str) -> str:
         ConfigNotFoundError: sn_det ships no such config (the message names it).
     """
     path = _path(config_path)
-    if not config_path.endswith(".yaml") or not os.path.isfile(path):
+    if not config_path.endswith((".yaml", ".py")) or not os.path.isfile(path):
         raise ConfigNotFoundError(
             f"sn_det ships no config {config_path!r} (sn_det.model_zoo.list_configs() lists "
             f"the {len(list_configs())} it has)"
@@ -73,14 +74,25 @@ def get_config_file(config_path: str) -> str:
     return path
 
 
-def get_config(config_path: str, config_adders=()) -> CfgNode:
-    """detectron2's config with sn_det's keys, merged from a shipped config (not frozen).
+def get_config(config_path: str, config_adders=()):
+    """A shipped config: for ``.yaml``, detectron2's config with sn_det's keys merged from it
+    (a CfgNode, not frozen); for ``.py``, the LazyConfig with its SN norm names resolved
+    (``sn_det.lazy.resolve_lazy_norms``).
 
     Args:
-        config_adders: functions adding a project's keys, for a project's config (e.g.
+        config_adders: functions adding a project's keys, for a project's yaml config (e.g.
             ``sn_det.projects.sparse_sn.add_sparse_sn_config``).
     """
     from ..config import add_sn_config
+
+    if config_path.endswith(".py"):
+        from detectron2.config import LazyConfig
+
+        from ..lazy import resolve_lazy_norms
+
+        cfg = LazyConfig.load(get_config_file(config_path))
+        resolve_lazy_norms(cfg)
+        return cfg
 
     cfg = add_sn_config(get_cfg())
     for add in config_adders:

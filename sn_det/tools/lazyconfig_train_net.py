@@ -1,0 +1,169 @@
+"""Train or evaluate an SN model from a LazyConfig (Python) config
+(``python -m sn_det.tools.lazyconfig_train_net`` or ``tools/lazyconfig_train_net.py``).
+
+detectron2's LazyConfig training loop, with what SN needs: "SN"/"SyncSN" names in the
+config's norm keys become SN layers (``sn_det.lazy.resolve_lazy_norms``), checkpoints load
+through sn_det's checkpointer (published ImageNet SN models convert in memory), and the
+embedded synthetic data is generated when a config names it. The config has detectron2's
+LazyConfig sections: ``model``, ``dataloader`` (``train``, ``test``, ``evaluator``),
+``optimizer``, ``lr_multiplier`` and ``train`` (see detectron2's ``common/train.py``).
+
+Examples:
+  tools/lazyconfig_train_net.py --config-file configs/lazy/mask_rcnn_R_18_FPN_sn_synthetic.py
+  tools/lazyconfig_train_net.py --config-file CFG.py --eval-only train.init_checkpoint=model.pth
+  tools/lazyconfig_train_net.py --num-gpus 8 --config-file configs/lazy/mask_rcnn_R_50_FPN_2x_sn.py
+"""
+
+import logging
+import sys
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from omegaconf import DictConfig, ListConfig
+
+from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
+from sn_det.data import SYNTH_SPLITS, ensure_synthetic_dataset
+from sn_det.lazy import resolve_lazy_norms
+
+logger = logging.getLogger("sn_det")
+
+
+class LazyConfigError(Exception):
+    """A LazyConfig that cannot run as written; the message is one sentence."""
+
+
+def _dataset_names(node):
+    """Every dataset name under a ``names`` key of the dataloader section."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            value = node[key]
+            if key == "names":
+                yield from ([value] if isinstance(value, str) else list(value))
+            elif isinstance(value, (DictConfig, ListConfig)):
+                yield from _dataset_names(value)
+    elif isinstance(node, ListConfig):
+        for value in node:
+            yield from _dataset_names(value)
+
+
+def load_lazy_config(path: str, overrides=()):
+    """LazyConfig.load + command-line ``key=value`` overrides + SN names resolved.
+
+    Raises:
+        LazyConfigError: an unreadable file, a missing section or a bad override.
+    """
+    try:
+        cfg = LazyConfig.load(path)
+        cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    except FileNotFoundError as e:
+        raise LazyConfigError(f"cannot read the config file: {e}") from None
+    except Exception as e:  # omegaconf/hydra parse errors of the file or the overrides
+        raise LazyConfigError(f"{path}: {type(e).__name__}: {e}") from None
+    missing = [
+        k for k in ("model", "dataloader", "optimizer", "lr_multiplier", "train") if k not in cfg
+    ]
+    if missing:
+        raise LazyConfigError(f"{path} has no {', '.join(missing)} section (see --help)")
+    resolve_lazy_norms(cfg)
+    return cfg
+
+
+def do_test(cfg, model):
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    print_csv_format(results)
+    return results
+
+
+def do_train(args, cfg):
+    model = instantiate(cfg.model)
+    logger.info(f"Model:\n{model}")
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    checkpointer = SNDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            (
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+                if comm.is_main_process()
+                else None
+            ),
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            (
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.log_period,
+                )
+                if comm.is_main_process()
+                else None
+            ),
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def main(args):
+    cfg = load_lazy_config(args.config_file, args.opts)
+    for name in set(_dataset_names(cfg.dataloader)):
+        if name in SYNTH_SPLITS:
+            ensure_synthetic_dataset()
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model)
+        SNDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        return do_test(cfg, model)
+    do_train(args, cfg)
+    return None
+
+
+def _main_or_exit(args):
+    try:
+        return main(args)
+    except (LazyConfigError, CheckpointConversionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def invoke_main() -> None:
+    args = default_argument_parser(epilog=__doc__.split("Examples:")[1]).parse_args()
+    try:  # config errors before any worker starts: one sentence, exit 2
+        load_lazy_config(args.config_file, args.opts)
+    except LazyConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    launch(
+        _main_or_exit,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
