@@ -178,7 +178,7 @@ def _refused(tmp_path, ckpt_or_bytes):
 
 
 def test_converter_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
-    assert "is not a PyTorch checkpoint" in _refused(tmp_path, b"this is not a checkpoint\n" * 10)
+    assert "is not a readable checkpoint" in _refused(tmp_path, b"this is not a checkpoint\n" * 10)
 
 
 def test_converter_refuses_a_foreign_checkpoint(tmp_path):

@@ -8,9 +8,11 @@ the ImageNet classifier is dropped. Nothing is written unless the whole file con
 """
 
 import argparse
+import os
 import sys
 
 from sn_det.checkpoint import (
+    TRUST_ENV,
     CheckpointConversionError,
     convert_published_state_dict,
     converted_checkpoint,
@@ -31,11 +33,19 @@ def main(argv=None) -> int:
     parser.add_argument("--ckpt", required=True, help="published SN checkpoint (.pth)")
     parser.add_argument("--dst", required=True, help="detectron2 checkpoint to write")
     parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="DANGEROUS: fully unpickle a --ckpt that references code (it can run anything); "
+        "only for a file you trust (same as SN_DET_TRUST_CHECKPOINTS=1)",
+    )
+    parser.add_argument(
         "--use-FPN",
         action="store_true",
         help="accepted for the seed's scripts; not needed (see above)",
     )
     args = parser.parse_args(argv)
+    if args.trust_checkpoint:
+        os.environ[TRUST_ENV] = "1"
     if args.use_FPN:
         print("note: --use-FPN is not needed: the output serves C4 and FPN models alike")
     try:

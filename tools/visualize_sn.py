@@ -21,7 +21,12 @@ import tempfile
 
 from detectron2.modeling import build_model
 
-from sn_det.checkpoint import SN_AUTHOR, CheckpointConversionError, SNDetectionCheckpointer
+from sn_det.checkpoint import (
+    SN_AUTHOR,
+    TRUST_ENV,
+    CheckpointConversionError,
+    SNDetectionCheckpointer,
+)
 from sn_det.engine import ConfigError, load_cfg
 from sn_det.modeling import TERMS, check_norm_config, importance_ratios
 
@@ -47,6 +52,12 @@ def parse_args(argv=None):
     parser.add_argument("--ckpt", required=True, help="a checkpoint of the config's model")
     parser.add_argument("--config-file", required=True, help="the config that built it")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="DANGEROUS: fully unpickle a --ckpt that references code (it can run anything); "
+        "only for a file you trust (same as SN_DET_TRUST_CHECKPOINTS=1)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 
@@ -154,6 +165,8 @@ def write_all_or_nothing(out_dir: str, files: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.trust_checkpoint:
+        os.environ[TRUST_ENV] = "1"
     try:
         rows = load_rows(args)
     except (ConfigError, CheckpointConversionError) as e:

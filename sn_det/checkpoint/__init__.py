@@ -1,11 +1,6 @@
 from .checkpointer import SNDetectionCheckpointer
-from .convert import (
-    SN_AUTHOR,
-    CheckpointConversionError,
-    convert_published_state_dict,
-    converted_checkpoint,
-    load_checkpoint_file,
-    save_atomically,
-)
+from .convert import SN_AUTHOR, convert_published_state_dict, converted_checkpoint, save_atomically
+from .errors import CheckpointConversionError, UntrustedCheckpointError
+from .safe_load import TRUST_ENV, load_checkpoint_file, trust_requested
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

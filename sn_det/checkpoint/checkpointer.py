@@ -21,12 +21,28 @@ __all__ = ["SNDetectionCheckpointer"]
 _RESNET_KEY = re.compile(r"(^|\.)(stem|res[2-5])\.")
 
 
+def _detectron_pickle(data, filename: str) -> dict:
+    """detectron2's reading of a .pkl: its model zoo format as it is, else a Caffe2/Detectron
+    model-zoo dict of blobs (matched by name heuristics, momentum buffers dropped)."""
+    if not isinstance(data, dict):
+        raise CheckpointConversionError(
+            f"{filename} holds a {type(data).__name__}, not a checkpoint dict"
+        )
+    if "model" in data and "__author__" in data:
+        return data
+    blobs = data.get("blobs", data)
+    model = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    return {"model": model, "__author__": "Caffe2", "matching_heuristics": True}
+
+
 class SNDetectionCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that also
 
+    - reads every file (``.pth``, ``.pkl``, ``.pyth``, resumed checkpoints) without running
+      code from it (``sn_det.checkpoint.load_checkpoint_file``; a file that needs more is
+      refused unless SN_DET_TRUST_CHECKPOINTS=1);
     - converts a published ImageNet SN ``.pth`` in memory when ``MODEL.WEIGHTS`` points at
-      one (same checks as ``tools/convert_sn_to_d2.py``), loading with ``weights_only``
-      where the file allows it;
+      one (same checks as ``tools/convert_sn_to_d2.py``);
     - for SN backbone checkpoints (converted or published), treats a backbone weight that is
       missing or does not fit as an error instead of detectron2's warning, and refuses a
       checkpoint whose switch weights (with or without the BN term) do not match
@@ -35,9 +51,23 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
     """
 
     def _load_file(self, filename):
-        if filename.endswith((".pkl", ".pyth")):
-            return super()._load_file(filename)
-        loaded = load_checkpoint_file(filename, warn_unsafe=False)
+        # Every format through the one loader that runs no code from the file (detectron2's
+        # and fvcore's _load_file unpickle fully); then detectron2's format conventions.
+        loaded = load_checkpoint_file(filename)
+        if filename.endswith(".pkl"):
+            return _detectron_pickle(loaded, filename)
+        if filename.endswith(".pyth"):
+            if not isinstance(loaded, dict) or "model_state" not in loaded:
+                raise CheckpointConversionError(
+                    f"{filename} is not a pycls checkpoint (no 'model_state'), which is what "
+                    "detectron2 expects of a .pyth file"
+                )
+            state = {
+                k: v
+                for k, v in loaded["model_state"].items()
+                if not k.endswith("num_batches_tracked")
+            }
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         if is_published_sn_state_dict(loaded):
             state_dict, meta, _ = convert_published_state_dict(loaded)
             self.logger.info(

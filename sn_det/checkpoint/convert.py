@@ -17,13 +17,15 @@ SN weight/bias (1, C, 1, 1) and running stats (1, C, 1) become (C,). The result 
 
 import logging
 import os
-import pickle
 import re
 import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import torch
+
+from .errors import CheckpointConversionError
+from .safe_load import load_checkpoint_file
 
 __all__ = [
     "CheckpointConversionError",
@@ -54,44 +56,6 @@ _KEY = re.compile(
     r"(?:conv(?P<conv>[1-3])\.weight|sn(?P<sn>[1-3])\.(?P<sn_param>\w+)"
     r"|downsample\.0\.weight|downsample\.1\.(?P<ds_param>\w+)))$"
 )
-
-
-class CheckpointConversionError(ValueError):
-    """A checkpoint that cannot be converted or loaded as asked; one sentence for the user."""
-
-
-def load_checkpoint_file(path: str, warn_unsafe: bool = True) -> dict:
-    """torch.load on the CPU, with ``weights_only`` when the file allows it.
-
-    Args:
-        warn_unsafe: warn when the file needs full unpickling (foreign files); training
-            checkpoints of detectron2 (optimizer and scheduler states) always do.
-
-    Raises:
-        CheckpointConversionError: missing file, or not a PyTorch checkpoint.
-    """
-    if not os.path.isfile(path):
-        raise CheckpointConversionError(f"{path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "Weights only" not in str(e):
-            raise CheckpointConversionError(f"{path} is not a PyTorch checkpoint ({e})") from None
-        # Objects beyond tensors and containers (old optimizer states, numpy scalars).
-        if warn_unsafe:
-            logger.warning(
-                f"{path} needs full unpickling (weights_only=False); load only files you trust"
-            )
-    except Exception as e:  # zip/pickle format errors come as several exception types
-        raise CheckpointConversionError(
-            f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})"
-        ) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointConversionError(
-            f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})"
-        ) from None
 
 
 def _published_state_dict(obj) -> Tuple[Dict[str, torch.Tensor], str]:
