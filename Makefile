@@ -2,7 +2,7 @@
 # scripts/setup_env.sh; a no-op once installed), then does its job.
 PY := .venv/bin/python
 
-.PHONY: env demo test bench
+.PHONY: env demo test bench env-latest test-latest
 env:
 	@bash scripts/setup_env.sh
 
@@ -17,3 +17,11 @@ test: env
 # Layer and model benchmarks (minutes); writes benchmarks/latest.md.
 bench: env
 	$(PY) tools/benchmark_sn.py $(ARGS)
+
+# The suite on the newest torch/torchvision/numpy/triton the registry serves, with
+# detectron2's Python code (scripts/setup_latest_env.sh). CI runs the pinned suite above.
+env-latest:
+	@bash scripts/setup_latest_env.sh
+
+test-latest: env-latest
+	.venv-latest/bin/python -m pytest tests $(ARGS)

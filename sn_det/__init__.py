@@ -14,10 +14,19 @@ except ImportError:
         "with torch 2.3, `pip install sal-detectron2==0.7.2 'fvcore<0.1.6' 'iopath<0.1.10'`)."
     ) from None
 
-from . import data as _data  # registration: sn_synth_train, sn_synth_val
-from . import modeling as _modeling  # registration: backbones, heads
-from .config import add_sn_config
-from .layers import SwitchNorm2d, SyncSwitchNorm2d, register_norm, resolve_norm
+import warnings
+
+# detectron2 decorates functions with torch.jit.script at import time, which torch >= 2.10
+# reports as a FutureWarning on stderr, before anything a tool prints. It is detectron2's
+# concern and says nothing about the user's run, so it is silenced here, for that message.
+with warnings.catch_warnings():
+    warnings.filterwarnings(
+        "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+    )
+    from . import data as _data  # registration: sn_synth_train, sn_synth_val
+    from . import modeling as _modeling  # registration: backbones, heads
+    from .config import add_sn_config
+    from .layers import SwitchNorm2d, SyncSwitchNorm2d, register_norm, resolve_norm
 
 __version__ = "0.1.0"
 __all__ = ["add_sn_config", "SwitchNorm2d", "SyncSwitchNorm2d", "register_norm", "resolve_norm"]

@@ -12,6 +12,7 @@ initializer, or output of a previous node"). :func:`export_onnx` exports as torc
 then turns each such alias back into an initializer of its own.
 """
 
+import inspect
 import io
 import os
 from typing import Any
@@ -52,6 +53,10 @@ def export_onnx(model: torch.nn.Module, args: Any, f: str, **kwargs) -> None:
     import onnx  # the export extra: onnx (and onnxruntime to run the result)
 
     buffer = io.BytesIO()
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        # torch >= 2.9 defaults to the dynamo exporter (needs onnxscript); the TorchScript
+        # exporter is the one whose output this function knows how to mend.
+        kwargs.setdefault("dynamo", False)
     torch.onnx.export(model, args, buffer, **kwargs)
     proto = onnx.load_from_string(buffer.getvalue())
     _inline_initializer_aliases(proto)

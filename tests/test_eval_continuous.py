@@ -34,6 +34,17 @@ def wait_for(condition, proc, timeout=180, what=""):
         time.sleep(0.2)
 
 
+class _LogReader:
+    """``.read()`` of a log file, standing in for a process's stdout pipe."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def read(self):
+        with open(self.path) as f:
+            return f.read()
+
+
 def publish(src, dst, name):
     """What detectron2's Checkpointer does: write the file, then tag it as the last one."""
     shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
@@ -48,13 +59,18 @@ def test_each_checkpoint_once_in_order_never_early_and_not_again_after_restart(
     run_dir = str(tmp_path / "run")
     os.makedirs(run_dir)
     publish(src, run_dir, CHECKPOINTS[0])
+    # Output to a file, not a pipe: nobody reads a pipe while the tool runs, and once its
+    # buffer is full (evaluation tables, warnings of newer libraries) the tool blocks.
+    log_path = str(tmp_path / "tool.log")
+    log_file = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, TOOL, "--config-file", INSTANT, "--load-dir", run_dir, "--poll", "0.3"],
-        stdout=subprocess.PIPE,
+        stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=REPO,
     )
+    proc.stdout = _LogReader(log_path)
     try:
         wait_for(lambda: len(json_lines(run_dir)) == 1, proc, what="the first checkpoint")
 
@@ -70,10 +86,12 @@ def test_each_checkpoint_once_in_order_never_early_and_not_again_after_restart(
         publish(src, run_dir, CHECKPOINTS[1])  # written while the tool runs
         wait_for(lambda: len(json_lines(run_dir)) == 2, proc, what="the second checkpoint")
         publish(src, run_dir, CHECKPOINTS[2])
-        out, _ = proc.communicate(timeout=180)  # stops by itself after model_final
+        proc.wait(timeout=180)  # stops by itself after model_final
     finally:
         if proc.poll() is None:
             proc.kill()
+        log_file.close()
+    out = proc.stdout.read()
     assert proc.returncode == 0, out
     assert "waiting for a new checkpoint" in out
 

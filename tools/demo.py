@@ -20,6 +20,7 @@ import time
 import cv2
 import numpy as np
 
+import sn_det  # noqa: F401  (first: it imports detectron2 with its startup warnings silenced)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer

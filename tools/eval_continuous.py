@@ -23,6 +23,7 @@ import re
 import sys
 import time
 
+import sn_det  # noqa: F401  (first: it imports detectron2 with its startup warnings silenced)
 from detectron2.evaluation.testing import flatten_results_dict
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer

@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 
+import sn_det  # noqa: F401  (first: it imports detectron2 with its startup warnings silenced)
 from detectron2.modeling import build_model
 
 from sn_det.checkpoint import (
