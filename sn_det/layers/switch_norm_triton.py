@@ -63,6 +63,16 @@ def _max(a, b):
 
 
 @triton.jit
+def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Parallel variances (Chan et al.): the count, mean and M2 = sum (x - mean)^2 of two
+    groups together, from each group's. No step subtracts two large sums."""
+    tot = n_a + n_b
+    frac = n_b / _max(tot, 1.0)
+    delta = mean_b - mean_a
+    return tot, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
+
+
+@triton.jit
 def _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, NC):
     """Merge the S per-split (mean, M2) partials of the planes ``idx`` (any shape) into the
     plane mean and unbiased variance, as parallel variances: no cancellation."""
@@ -73,12 +83,7 @@ def _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, NC):
         cnt = _max(_min(L - s * span, span), 0).to(tl.float32)
         mean_s = tl.load(mean_ptr + s * NC + idx, mask=mask, other=0.0)
         m2_s = tl.load(m2_ptr + s * NC + idx, mask=mask, other=0.0)
-        tot = n_a + cnt
-        frac = cnt / _max(tot, 1.0)
-        delta = mean_s - mean
-        mean = mean + delta * frac
-        m2 = m2 + m2_s + delta * delta * n_a * frac
-        n_a = tot
+        n_a, mean, m2 = _merge(n_a, mean, m2, cnt, mean_s, m2_s)
     # L == 1: the unbiased variance would be 0/0; the variance of one element is 0.
     var = m2 / _max(L - 1, 1).to(tl.float32)
     return mean, var
@@ -150,12 +155,7 @@ def _plane_moments_kernel(
         mean_c = tl.sum(x, axis=1) / _max(cnt, 1.0)
         d = tl.where(mask, x - tl.expand_dims(mean_c, 1), 0.0)
         m2_c = tl.sum(d * d, axis=1)
-        tot = n_a + cnt
-        frac = cnt / _max(tot, 1.0)
-        delta = mean_c - mean
-        mean = mean + delta * frac
-        m2 = m2 + m2_c + delta * delta * n_a * frac
-        n_a = tot
+        n_a, mean, m2 = _merge(n_a, mean, m2, cnt, mean_c, m2_c)
     out = split * N * C + n * C + cs
     tl.store(mean_ptr + out, mean, mask=c_mask)
     tl.store(m2_ptr + out, m2, mask=c_mask)
@@ -193,12 +193,7 @@ def _batch_stats_kernel(
         d = tl.where(mask, m - tl.expand_dims(mean_b, 0), 0.0)
         m2_b = tl.sum(d * d, axis=0)
         sum_v += tl.sum(tl.where(mask, v, 0.0), axis=0)
-        tot = n_a + cnt
-        frac = cnt / tot
-        delta = mean_b - mean
-        mean = mean + delta * frac
-        m2 = m2 + m2_b + delta * delta * n_a * frac
-        n_a = tot
+        n_a, mean, m2 = _merge(n_a, mean, m2, cnt, mean_b, m2_b)
     tl.store(bn_mean_ptr + cs, mean, mask=c_mask)
     tl.store(bn_var_ptr + cs, (sum_v + m2) / N, mask=c_mask)
 
@@ -260,12 +255,7 @@ def _mix_rows_kernel(
         d = tl.where(mask, m - tl.expand_dims(mean_b, 1), 0.0)
         m2_b = tl.sum(d * d, axis=1)
         sum_v += tl.sum(tl.where(mask, v, 0.0), axis=1)
-        tot = n_a + cnt
-        frac = cnt / tot
-        delta = mean_b - ln_mean
-        ln_mean = ln_mean + delta * frac
-        ln_m2 = ln_m2 + m2_b + delta * delta * n_a * frac
-        n_a = tot
+        n_a, ln_mean, ln_m2 = _merge(n_a, ln_mean, ln_m2, cnt, mean_b, m2_b)
     ln_var = (sum_v + ln_m2) / C
     tl.store(ln_mean_ptr + ns, ln_mean, mask=n_mask)
     tl.store(ln_var_ptr + ns, ln_var, mask=n_mask)
