@@ -146,11 +146,8 @@ def test_timeout_without_new_checkpoints(tmp_path):
 
 
 def test_a_cut_off_last_line_is_evaluated_again(tmp_path):
-    from importlib import util
+    from sn_det.tools import eval_continuous as tool
 
-    spec = util.spec_from_file_location("eval_continuous", TOOL)
-    tool = util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     path = tmp_path / "continuous_eval.jsonl"
     path.write_text('{"checkpoint": "model_0000001.pth", "iteration": 1, "metrics": {}}\n{"chec')
     assert tool.read_done(str(path)) == {"model_0000001.pth"}

@@ -1,70 +1,13 @@
 #!/usr/bin/env python
-"""Convert a published ImageNet SN checkpoint (the authors' .pth) to a detectron2 checkpoint.
+"""Convert a published ImageNet SN checkpoint into a detectron2 checkpoint.
 
-The output works as MODEL.WEIGHTS for both the C4 and the FPN recipes (detectron2 matches
-res5.* to the backbone or to the C4 ROI head by name). Every old -> new key is printed;
-the ImageNet classifier is dropped. Nothing is written unless the whole file converts.
-(MODEL.WEIGHTS may also point at the published file directly: it is converted on load.)
+The program lives in the package, ``sn_det/tools/convert_sn_to_d2.py``, so that an installed sn_det runs
+it too, as ``python -m sn_det.tools.convert_sn_to_d2`` (``--help`` for usage).
 """
 
-import argparse
-import os
 import sys
 
-from sn_det.checkpoint import (
-    TRUST_ENV,
-    CheckpointConversionError,
-    convert_published_state_dict,
-    converted_checkpoint,
-    load_checkpoint_file,
-    save_atomically,
-)
-
-EXAMPLES = """examples:
-  tools/convert_sn_to_d2.py --ckpt resnet50_sn_8x32.pth --dst pretrained/resnet50_sn_8x32.pth
-  tools/convert_sn_to_d2.py --ckpt resnet50_sn_8x1.pth  --dst pretrained/resnet50_sn_8x1.pth
-"""
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--ckpt", required=True, help="published SN checkpoint (.pth)")
-    parser.add_argument("--dst", required=True, help="detectron2 checkpoint to write")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="DANGEROUS: fully unpickle a --ckpt that references code (it can run anything); "
-        "only for a file you trust (same as SN_DET_TRUST_CHECKPOINTS=1)",
-    )
-    parser.add_argument(
-        "--use-FPN",
-        action="store_true",
-        help="accepted for the seed's scripts; not needed (see above)",
-    )
-    args = parser.parse_args(argv)
-    if args.trust_checkpoint:
-        os.environ[TRUST_ENV] = "1"
-    if args.use_FPN:
-        print("note: --use-FPN is not needed: the output serves C4 and FPN models alike")
-    try:
-        state_dict, meta, report = convert_published_state_dict(load_checkpoint_file(args.ckpt))
-    except CheckpointConversionError as e:
-        msg = str(e)  # name the file once: loading errors already do
-        print(f"error: {msg if args.ckpt in msg else f'{args.ckpt}: {msg}'}", file=sys.stderr)
-        return 2
-    for line in report:
-        print(line)
-    save_atomically(converted_checkpoint(state_dict, meta), args.dst)
-    print(
-        f"ResNet-{meta['depth']}, {'with' if meta['using_bn'] else 'without'} BN statistics "
-        f"({'3' if meta['using_bn'] else '2'} switch weights per layer): use it with "
-        f"MODEL.SN.USING_BN {meta['using_bn']}"
-    )
-    print(f"wrote {len(state_dict)} tensors to {args.dst}")
-    return 0
-
+from sn_det.tools.convert_sn_to_d2 import main
 
 if __name__ == "__main__":
     sys.exit(main())

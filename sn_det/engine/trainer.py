@@ -1,12 +1,13 @@
 """The training loop: detectron2's DefaultTrainer with SN-aware optimizer and COCO evaluation."""
 
-import contextlib
+import logging
 import os
 import weakref
-from unittest import mock
 
-import detectron2.engine.defaults as d2_defaults
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 
@@ -15,7 +16,7 @@ from .batch_average import recompute_sn_batch_statistics
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "create_ddp_model"]
 
 
 class Trainer(DefaultTrainer):
@@ -27,13 +28,31 @@ class Trainer(DefaultTrainer):
     evaluation. Multi-process training works on CPU-only machines too (gloo)."""
 
     def __init__(self, cfg):
-        with _ddp_for_any_device():
-            super().__init__(cfg)
-        # DefaultTrainer builds a plain DetectionCheckpointer; loading goes through ours.
-        # (The periodic-checkpoint hook keeps the plain one: saving is identical.)
-        self.checkpointer = SNDetectionCheckpointer(
-            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        # DefaultTrainer.__init__'s steps, in its order, with two differences: the model is
+        # wrapped for several processes by create_ddp_model below (detectron2's always passes
+        # device_ids=[local_rank], which DDP rejects for a CPU model, so --num-gpus 2 on a
+        # CPU-only machine needs device_ids=None), and checkpoints load through
+        # SNDetectionCheckpointer. (The parent's constructor is skipped on purpose.)
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):  # setup_logger is not called for d2
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
         )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SNDetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
         """detectron2's hooks, plus SN batch averaging (if TEST.SN_BATCH_AVG.ENABLED) where
@@ -93,21 +112,10 @@ class Trainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
 
-@contextlib.contextmanager
-def _ddp_for_any_device():
-    """Let DefaultTrainer wrap a CPU model in DistributedDataParallel.
-
-    detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which DDP
-    rejects for a CPU module; multi-process CPU training (``--num-gpus 2`` with gloo) needs
-    ``device_ids=None``. Only DefaultTrainer.__init__'s call is redirected, and GPU models get
-    exactly detectron2's arguments.
-    """
-    create = d2_defaults.create_ddp_model
-
-    def create_ddp_model(model, **kwargs):
-        if "device_ids" not in kwargs and next(model.parameters()).device.type == "cpu":
-            kwargs["device_ids"] = None
-        return create(model, **kwargs)
-
-    with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model):
-        yield
+def create_ddp_model(model, **kwargs):
+    """detectron2's ``create_ddp_model``, for CPU models too: their DistributedDataParallel
+    takes ``device_ids=None`` (multi-process CPU training with gloo). GPU models get exactly
+    detectron2's arguments."""
+    if "device_ids" not in kwargs and next(model.parameters()).device.type == "cpu":
+        kwargs["device_ids"] = None
+    return d2_create_ddp_model(model, **kwargs)

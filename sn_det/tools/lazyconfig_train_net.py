@@ -27,13 +27,14 @@ from detectron2.engine import (
     hooks,
     launch,
 )
-from detectron2.engine.defaults import create_ddp_model
+
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig, ListConfig
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.data import SYNTH_SPLITS, ensure_synthetic_dataset
+from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
 from sn_det.lazy import resolve_lazy_norms
 
 logger = logging.getLogger("sn_det")

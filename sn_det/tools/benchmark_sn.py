@@ -1,0 +1,468 @@
+"""Benchmark SN against BatchNorm, GroupNorm and the textbook SN formulation.
+
+Layer part: forward+backward time of each norm at detection shapes, measured interleaved in
+one run (these machines are noisy: every round times every implementation once, and the
+medians are compared), and the bytes each keeps for backward (saved tensors, counted once
+per storage), as ratios against GroupNorm and the input.
+
+Model part: one training step of the small Mask R-CNN of the demo with BN, GN and SN as the
+norm of backbone, FPN and mask head, interleaved the same way (default on CPU); or (--model
+r50fpn, the default on CUDA) a Mask R-CNN R50-FPN step on 2 random images of ~800x1216 with
+FrozenBN, BN, GN and SN, in float32 and under AMP, with peak memory.
+
+On CUDA the layer part uses the R50-FPN shapes and runs in float32 and under float16 autocast.
+
+Prints a markdown table and writes it to --out (default benchmarks/latest.md).
+
+Examples:
+  tools/benchmark_sn.py                      # full run (a few minutes on 2 CPU cores)
+  tools/benchmark_sn.py --rounds 3 --skip-model
+  tools/benchmark_sn.py --device cuda        # on a GPU machine: R50-FPN shapes, fp32 and AMP
+  tools/benchmark_sn.py --model r50fpn --image-size 128 160 --rounds 1 --model-rounds 1
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from sn_det import model_zoo
+from sn_det.layers import SwitchNorm2d
+
+SHAPES = [(2, 256, 100, 100), (256, 256, 14, 14), (2, 64, 200, 200), (2, 1024, 25, 25)]
+# R50-FPN Mask R-CNN shapes at 2 images of ~800x1216 (stages, FPN levels, ROI heads).
+CUDA_SHAPES = [
+    (2, 64, 400, 608),
+    (2, 256, 200, 304),
+    (2, 512, 100, 152),
+    (2, 1024, 50, 76),
+    (2, 2048, 25, 38),
+    (256, 256, 14, 14),
+    (1024, 256, 7, 7),
+    (8, 256, 200, 304),
+]
+
+
+class TextbookSwitchNorm2d(nn.Module):
+    """The published formulation, kept here as the "before" of the benchmark: statistics by
+    separate mean/var calls, the mix and the normalisation as broadcast ops, all
+    differentiated by autograd (which keeps every intermediate for backward)."""
+
+    def __init__(self, c, eps=1e-5, momentum=0.997):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, c, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.mean_weight = nn.Parameter(torch.ones(3))
+        self.var_weight = nn.Parameter(torch.ones(3))
+        self.register_buffer("running_mean", torch.zeros(1, c, 1))
+        self.register_buffer("running_var", torch.zeros(1, c, 1))
+        self.eps, self.momentum = eps, momentum
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x = x.view(n, c, -1)
+        mean_in = x.mean(-1, keepdim=True)
+        var_in = x.var(-1, keepdim=True)
+        mean_ln = mean_in.mean(1, keepdim=True)
+        temp = var_in + mean_in**2
+        var_ln = temp.mean(1, keepdim=True) - mean_ln**2
+        mean_bn = mean_in.mean(0, keepdim=True)
+        var_bn = temp.mean(0, keepdim=True) - mean_bn**2
+        with torch.no_grad():
+            self.running_mean.mul_(self.momentum).add_((1 - self.momentum) * mean_bn)
+            self.running_var.mul_(self.momentum).add_((1 - self.momentum) * var_bn)
+        mw = torch.softmax(self.mean_weight, 0)
+        vw = torch.softmax(self.var_weight, 0)
+        mean = mw[0] * mean_in + mw[1] * mean_ln + mw[2] * mean_bn
+        var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn
+        x = (x - mean) / (var + self.eps).sqrt()
+        return x.view(n, c, h, w) * self.weight + self.bias
+
+
+def layer_factories(c):
+    return {
+        "SN (sn_det)": lambda: SwitchNorm2d(c),
+        "SN textbook": lambda: TextbookSwitchNorm2d(c),
+        "BatchNorm2d": lambda: nn.BatchNorm2d(c),
+        "GroupNorm(32)": lambda: nn.GroupNorm(32, c),
+    }
+
+
+def saved_bytes(module, x):
+    """Bytes kept for backward by one training forward (each storage counted once)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(x)
+    del y
+    return sum(storages.values())
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_layers(shapes, rounds, device, amp=False):
+    """Median forward+backward time, saved bytes and (CUDA) peak memory of each norm per shape.
+    ``amp``: a float16 input under float16 autocast, as a conv under AMP hands it on."""
+    rows = []
+    dtype = torch.float16 if amp else torch.float32
+    for shape in shapes:
+        print(f"[layers{' amp' if amp else ''}] {shape} ...", flush=True)
+        factories = layer_factories(shape[1])
+        mods = {k: f().to(device).train() for k, f in factories.items()}
+        x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(True)
+        dy = torch.randn(shape, device=device, dtype=dtype)
+
+        def step(m):
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                y = m(x)
+            y.backward(dy.to(y.dtype))
+
+        times = {k: [] for k in mods}
+        for r in range(rounds + 2):  # rounds 0 and 1 warm up (kernel compilation, caches)
+            for k, m in mods.items():
+                x.grad = None
+                sync(device)
+                t = time.perf_counter()
+                step(m)
+                sync(device)
+                if r > 1:
+                    times[k].append(time.perf_counter() - t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            saved = {k: saved_bytes(m, x) for k, m in mods.items()}
+        peak = {}
+        if device.type == "cuda":
+            for k, m in mods.items():
+                x.grad = None
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                step(m)
+                torch.cuda.synchronize()
+                peak[k] = torch.cuda.max_memory_allocated() - base
+        rows.append((shape, med, saved, peak, x.numel() * x.element_size()))
+    return rows
+
+
+def bench_model(rounds, device, threads):
+    from detectron2.config import get_cfg
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from sn_det import add_sn_config
+    from sn_det.engine import build_sn_optimizer
+
+    cfg_path = model_zoo.get_config_file("demo/mask_rcnn_R_18_FPN_sn_synthetic.yaml")
+    models = {}
+    for norm in ("BN", "GN", "SN"):
+        cfg = add_sn_config(get_cfg())
+        cfg.merge_from_file(cfg_path)
+        cfg.merge_from_list(
+            [
+                "MODEL.DEVICE",
+                device.type,
+                "MODEL.RESNETS.NORM",
+                norm,
+                "MODEL.FPN.NORM",
+                norm,
+                "MODEL.ROI_MASK_HEAD.NORM",
+                norm,
+                "DATALOADER.NUM_WORKERS",
+                "0",
+            ]
+        )
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        models[norm] = (model, build_sn_optimizer(cfg, model))
+    batches = []
+    loader = iter(build_detection_train_loader(cfg))
+    for _ in range(rounds + 1):
+        batches.append(next(loader))
+    times = {k: [] for k in models}
+    with EventStorage(0):
+        for r, batch in enumerate(batches):
+            print(f"[model] round {r}/{rounds}", flush=True)
+            for k, (model, opt) in models.items():
+                sync(device)
+                t = time.perf_counter()
+                loss = sum(model(batch).values())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sync(device)
+                if r > 0:
+                    times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+R50_NORMS = ("FrozenBN", "BN", "GN", "SN")
+
+
+def r50_fpn_cfg(norm, device):
+    """Mask R-CNN R50-FPN with ``norm`` in backbone, FPN, a 4conv1fc box head and the mask
+    head (FrozenBN: detectron2's default, a frozen backbone and no norm elsewhere). No weights
+    and learning rate 0: a timing needs no trained model, and lr 0 keeps every step alike."""
+    from detectron2.config import get_cfg
+
+    from sn_det import add_sn_config
+
+    cfg = add_sn_config(get_cfg())
+    cfg.merge_from_file(model_zoo.get_config_file("Base-SN-RCNN-FPN.yaml"))
+    head_norm = "" if norm == "FrozenBN" else norm
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE", device.type,
+            "MODEL.WEIGHTS", "",
+            "MODEL.MASK_ON", True,
+            "MODEL.RESNETS.DEPTH", 50,
+            "MODEL.RESNETS.NORM", norm,
+            "MODEL.FPN.NORM", head_norm,
+            "MODEL.ROI_BOX_HEAD.NAME", "SNFastRCNNConvFCHead",
+            "MODEL.ROI_BOX_HEAD.NUM_CONV", 4,
+            "MODEL.ROI_BOX_HEAD.NUM_FC", 1,
+            "MODEL.ROI_BOX_HEAD.NORM", head_norm,
+            "MODEL.ROI_MASK_HEAD.NAME", "SNMaskRCNNConvUpsampleHead",
+            "MODEL.ROI_MASK_HEAD.NORM", head_norm,
+            "SOLVER.BASE_LR", 0.0,
+        ]
+    )  # fmt: skip
+    return cfg
+
+
+def random_batch(num_images, size, device, seed):
+    """Detection training inputs: random images with 8 random boxes and masks each."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    batch = []
+    for _ in range(num_images):
+        xy = torch.rand(8, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = torch.rand(8, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 8
+        boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([w - 1.0, h - 1.0]))], 1)
+        masks = torch.zeros(8, h, w, dtype=torch.bool)
+        for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+            masks[i, y0:y1, x0:x1] = True
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.randint(0, 80, (8,), generator=g)
+        inst.gt_masks = BitMasks(masks)
+        image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+        batch.append(
+            {"image": image.to(device), "instances": inst.to(device), "height": h, "width": w}
+        )
+    return batch
+
+
+def bench_r50_fpn(rounds, device, amp, size, warmup=3):
+    """s/step and peak memory of a Mask R-CNN R50-FPN training step (2 images of ``size``)
+    per norm. Every model is warmed up on its own first (cuDNN autotuning, Triton compilation,
+    the allocator), then the timed rounds rotate the order of the models, so that no model
+    always runs first or last in a round."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from sn_det.engine import build_sn_optimizer
+
+    models = {}
+    for norm in R50_NORMS:
+        cfg = r50_fpn_cfg(norm, device)
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        models[norm] = (model, build_sn_optimizer(cfg, model))
+    scaler = torch.cuda.amp.GradScaler(enabled=amp and device.type == "cuda")
+    batch = random_batch(2, size, device, seed=0)
+
+    def step(model, opt):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = sum(model(batch).values())
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    times = {k: [] for k in models}
+    peak = {}
+    names = list(models)
+    with EventStorage(0):
+        for k in names:
+            for _ in range(warmup):
+                step(*models[k])
+            if device.type == "cuda":
+                sync(device)
+                torch.cuda.reset_peak_memory_stats()
+                step(*models[k])
+                sync(device)
+                peak[k] = torch.cuda.max_memory_allocated()
+        for r in range(rounds):
+            print(f"[r50-fpn{' amp' if amp else ''}] round {r + 1}/{rounds}", flush=True)
+            for k in names[r % len(names) :] + names[: r % len(names)]:
+                sync(device)
+                t = time.perf_counter()
+                step(*models[k])
+                sync(device)
+                times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), peak.get(k)) for k, v in times.items()}
+
+
+def render_r50(results, title, size, rounds):
+    out = [
+        f"Mask R-CNN R50-FPN training step, {title}, 2 images of {size[0]}x{size[1]}, norm in "
+        "backbone + FPN + 4conv1fc box head + mask head (FrozenBN: frozen backbone, no norm "
+        f"elsewhere); medians of {rounds} rounds in rotating order after per-model warm-up:",
+        "",
+        "| norm | s/step | vs GN | vs FrozenBN | peak memory GiB |",
+        "|---|---|---|---|---|",
+    ]
+    for k in R50_NORMS:
+        t, mem = results[k]
+        mem_s = f"{mem / 2**30:.2f}" if mem is not None else "-"
+        out.append(
+            f"| {k} | {t:.3f} | **{t / results['GN'][0]:.2f}** | "
+            f"**{t / results['FrozenBN'][0]:.2f}** | {mem_s} |"
+        )
+    return out
+
+
+def machine_line(device, threads):
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name()
+    else:
+        what = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                what = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return f"{what}, {threads} threads, torch {torch.__version__}, {datetime.date.today()}"
+
+
+def render(layer_rows, model_times, device, threads, rounds, model_rounds, amp_rows=None, r50=()):
+    out = [f"Machine: {machine_line(device, threads)}; medians of {rounds} interleaved rounds.", ""]
+    out += render_layers(layer_rows, "float32")
+    if amp_rows:
+        out += [""] + render_layers(amp_rows, "float16 input under float16 autocast")
+    for results, title, size in r50:
+        out += [""] + render_r50(results, title, size, model_rounds)
+    if model_times:
+        out += [
+            "",
+            "Mask R-CNN training step (demo model: R-18-FPN, 4 images of 128x128; the norm of "
+            f"backbone, FPN and mask head varies; medians of {model_rounds} interleaved rounds):",
+            "",
+            "| norm | s/step | vs GN |",
+            "|---|---|---|",
+        ]
+        for k in ("BN", "GN", "SN"):
+            out.append(
+                f"| {k} | {model_times[k]:.3f} | **{model_times[k]/model_times['GN']:.2f}** |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def render_layers(layer_rows, title):
+    """Markdown tables of one bench_layers result: times and ratios, then CUDA peak memory."""
+    out = [f"Layers, forward+backward, {title}:", ""]
+    out.append(
+        "| shape (N,C,H,W) | SN ms | GN ms | BN ms | textbook SN ms | SN/GN | SN/BN | textbook/GN | SN saved/input | GN saved/input | textbook saved/input |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for shape, med, saved, peak, in_bytes in layer_rows:
+        sn, gn, bn, tb = (
+            med[k] for k in ("SN (sn_det)", "GroupNorm(32)", "BatchNorm2d", "SN textbook")
+        )
+        out.append(
+            f"| {tuple(shape)} | {sn*1e3:.1f} | {gn*1e3:.1f} | {bn*1e3:.1f} | {tb*1e3:.1f} | "
+            f"**{sn/gn:.2f}** | {sn/bn:.2f} | {tb/gn:.2f} | "
+            f"**{saved['SN (sn_det)']/in_bytes:.2f}** | {saved['GroupNorm(32)']/in_bytes:.2f} | "
+            f"{saved['SN textbook']/in_bytes:.2f} |"
+        )
+    if layer_rows and layer_rows[0][3]:
+        out += [
+            "",
+            "| shape | SN peak/input | GN peak/input | BN peak/input |",
+            "|---|---|---|---|",
+        ]
+        for shape, _, _, peak, in_bytes in layer_rows:
+            out.append(
+                f"| {tuple(shape)} | {peak['SN (sn_det)']/in_bytes:.2f} | "
+                f"{peak['GroupNorm(32)']/in_bytes:.2f} | {peak['BatchNorm2d']/in_bytes:.2f} |"
+            )
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (median)")
+    parser.add_argument("--model-rounds", type=int, default=15, help="rounds of the model step")
+    parser.add_argument("--skip-model", action="store_true", help="layers only")
+    parser.add_argument(
+        "--model",
+        choices=["demo", "r50fpn"],
+        help="model of the step timing: the demo R-18-FPN (default on CPU) or Mask R-CNN "
+        "R50-FPN with FrozenBN/BN/GN/SN, fp32 and AMP (default on CUDA)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=(800, 1216),
+        metavar=("H", "W"),
+        help="image size of the R50-FPN step (2 images)",
+    )
+    parser.add_argument("--out", default="benchmarks/latest.md", help="markdown file to write")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but no CUDA GPU is available")
+    torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+
+    shapes = CUDA_SHAPES if device.type == "cuda" else SHAPES
+    layer_rows = bench_layers(shapes, args.rounds, device)
+    # Under AMP on the GPU too: SN must not make a float32 copy of a half input.
+    amp_rows = (
+        bench_layers(shapes, args.rounds, device, amp=True) if device.type == "cuda" else None
+    )
+    model = args.model or ("r50fpn" if device.type == "cuda" else "demo")
+    model_times, r50 = None, []
+    if not args.skip_model and model == "demo":
+        model_times = bench_model(args.model_rounds, device, args.threads)
+    elif not args.skip_model:
+        size = tuple(args.image_size)
+        for amp in (False, True) if device.type == "cuda" else (False,):
+            results = bench_r50_fpn(args.model_rounds, device, amp, size)
+            r50.append((results, "AMP (float16 autocast)" if amp else "float32", size))
+    table = render(
+        layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds, amp_rows, r50
+    )
+    print()
+    print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(table)
+    os.replace(tmp, args.out)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
