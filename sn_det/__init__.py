@@ -25,8 +25,15 @@ with warnings.catch_warnings():
     )
     from . import data as _data  # registration: sn_synth_train, sn_synth_val
     from . import modeling as _modeling  # registration: backbones, heads
-    from .config import add_sn_config
+    from .config import add_sn_config, get_sn_cfg
     from .layers import SwitchNorm2d, SyncSwitchNorm2d, register_norm, resolve_norm
 
 __version__ = "0.1.0"
-__all__ = ["add_sn_config", "SwitchNorm2d", "SyncSwitchNorm2d", "register_norm", "resolve_norm"]
+__all__ = [
+    "add_sn_config",
+    "get_sn_cfg",
+    "SwitchNorm2d",
+    "SyncSwitchNorm2d",
+    "register_norm",
+    "resolve_norm",
+]

@@ -2,6 +2,44 @@
 file that uses them (``tools/train_net.py`` does)."""
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_sn_config", "get_sn_cfg", "SNCfgNode", "D2_ZOO_BASE"]
+
+# A _BASE_ with this prefix names a config of detectron2's own model zoo, wherever detectron2
+# is installed: _BASE_: "d2zoo://Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml". (yacs joins a
+# relative _BASE_ to the file's folder, and a shipped config cannot know detectron2's.)
+D2_ZOO_BASE = "d2zoo://"
+
+
+class SNCfgNode(CN):
+    """detectron2's CfgNode whose ``_BASE_`` may name a detectron2 model-zoo config with
+    :data:`D2_ZOO_BASE`; everything else is detectron2's."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe: bool = False):
+        if isinstance(filename, str) and D2_ZOO_BASE in filename:
+            from detectron2 import model_zoo
+
+            # fvcore has joined the child's folder in front of the prefix: keep what follows.
+            name = filename[filename.index(D2_ZOO_BASE) + len(D2_ZOO_BASE) :]
+            try:
+                filename = model_zoo.get_config_file(name)
+            except RuntimeError:
+                raise FileNotFoundError(
+                    f"_BASE_ {D2_ZOO_BASE}{name}: detectron2's model zoo has no such config"
+                ) from None
+        return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+
+def get_sn_cfg(config_adders=()) -> SNCfgNode:
+    """detectron2's default config with sn_det's keys (and a project's, ``config_adders``),
+    able to read ``d2zoo://`` bases. Converted last, so that every node is an SNCfgNode
+    (yacs refuses to merge a node into one of another type)."""
+    cfg = add_sn_config(get_cfg())
+    for add in config_adders:
+        add(cfg)
+    return SNCfgNode(cfg)
 
 
 def add_sn_config(cfg: CN) -> CN:

@@ -68,10 +68,12 @@ def test_the_installed_package_is_used_and_ships_its_configs(installed):
         "-c",
         "import sn_det, sn_det.model_zoo as z; print(sn_det.__file__); "
         "print(z.get_config_file('quick_schedules/mask_rcnn_sn_instant_test.yaml')); "
-        "print(z.get_config('sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml').MODEL.SN.USING_BN)",
+        "print(z.get_config('sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml').MODEL.SN.USING_BN); "
+        "print(z.get_config('sn_baselines/cascade_mask_rcnn_R_50_FPN_1x_sn.yaml').MODEL.ROI_HEADS.NAME)",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    module, config, using_bn = proc.stdout.split()[-3:]
+    module, config, using_bn, cascade = proc.stdout.split()[-4:]
+    assert cascade == "CascadeROIHeads"  # its _BASE_ is in detectron2's own model zoo
     assert not module.startswith(REPO) and not config.startswith(REPO), (module, config)
     assert using_bn == "False"  # the (8,1) recipe, read through its _BASE_ chain
 

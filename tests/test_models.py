@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from sn_det import add_sn_config
 from sn_det.engine import get_sn_optimizer_params
 from sn_det.layers import SwitchNorm2d, SyncSwitchNorm2d
+from sn_det.config import get_sn_cfg
 from sn_det.modeling import check_norm_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,7 @@ SN_RECIPES = {
 
 
 def load_cfg(path, *opts):
-    cfg = add_sn_config(get_cfg())
+    cfg = get_sn_cfg()  # reads d2zoo:// bases (detectron2's own model zoo)
     cfg.merge_from_file(os.path.join(REPO, path))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
     return cfg

@@ -76,3 +76,18 @@ def test_isolated_wheel_builds_without_torch_and_ships_the_configs(tmp_path):
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [l for l in meta.splitlines() if l.startswith("Requires-Dist") and "extra" not in l]
     assert not [r for r in requires if "==" in r or "detectron2" in r], requires
+
+
+def test_a_base_in_detectron2s_model_zoo(tmp_path):
+    from sn_det.config import get_sn_cfg
+
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        '_BASE_: "d2zoo://COCO-Detection/retinanet_R_50_FPN_1x.yaml"\nMODEL:\n  RETINANET:\n    NUM_CLASSES: 3\n'
+    )
+    cfg = get_sn_cfg()
+    cfg.merge_from_file(str(child))
+    assert cfg.MODEL.META_ARCHITECTURE == "RetinaNet" and cfg.MODEL.RETINANET.NUM_CLASSES == 3
+    child.write_text('_BASE_: "d2zoo://COCO-Detection/nope.yaml"\n')
+    with pytest.raises(FileNotFoundError, match="detectron2's model zoo has no such config"):
+        get_sn_cfg().merge_from_file(str(child))

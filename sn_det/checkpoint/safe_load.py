@@ -41,6 +41,12 @@ _PKL_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
     ("_codecs", "encode"),
+    # plain data types a pickle may name as globals (protocol 2 writes sets this way)
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+    ("builtins", "slice"),
 }
 
 

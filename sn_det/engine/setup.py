@@ -4,12 +4,12 @@ import os
 
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_sn_config
+from ..config import get_sn_cfg
 from ..data import prepare_datasets
 from ..modeling import check_norm_config
 
@@ -46,10 +46,7 @@ def load_cfg(config_file: str, opts=(), config_adders=()) -> CfgNode:
     Raises:
         ConfigError: a missing or unreadable file, a key typo or a wrongly typed value.
     """
-    cfg = get_cfg()
-    add_sn_config(cfg)
-    for add in config_adders:
-        add(cfg)
+    cfg = get_sn_cfg(config_adders)
     try:
         cfg.merge_from_file(config_file)
     except (FileNotFoundError, AssertionError) as e:  # detectron2 asserts the file exists

@@ -9,7 +9,7 @@ between shipped configs resolve there, from an installed package as from a check
 
 import os
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 
 __all__ = ["get_config_file", "get_config", "list_configs", "ConfigNotFoundError"]
 
@@ -83,7 +83,7 @@ def get_config(config_path: str, config_adders=()):
         config_adders: functions adding a project's keys, for a project's yaml config (e.g.
             ``sn_det.projects.sparse_sn.add_sparse_sn_config``).
     """
-    from ..config import add_sn_config
+    from ..config import get_sn_cfg
 
     if config_path.endswith(".py"):
         from detectron2.config import LazyConfig
@@ -94,8 +94,6 @@ def get_config(config_path: str, config_adders=()):
         resolve_lazy_norms(cfg)
         return cfg
 
-    cfg = add_sn_config(get_cfg())
-    for add in config_adders:
-        add(cfg)
+    cfg = get_sn_cfg(config_adders)
     cfg.merge_from_file(get_config_file(config_path))
     return cfg
