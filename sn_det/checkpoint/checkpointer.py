@@ -64,7 +64,9 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
         # detectron2 rewrites the tag in place: a kill at that moment left it empty.
         if not os.path.isdir(self.save_dir):  # not a local folder: detectron2's way
             return super().tag_last_checkpoint(last_filename_basename)
-        write_text_atomically(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+        write_text_atomically(
+            os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename
+        )
 
     def tagged_checkpoint_file(self) -> str:
         """The file ``last_checkpoint`` names, as detectron2 reads it ("" without a tag),

@@ -56,7 +56,11 @@ class SNBatchAverage(HookBase):
     # The position of its data loader (when it has one to save) goes into checkpoints, so a
     # resumed run averages over the batches an uninterrupted run would have used.
     def state_dict(self):
-        return {"data": self._data_loader.state_dict()} if hasattr(self._data_loader, "state_dict") else {}
+        return (
+            {"data": self._data_loader.state_dict()}
+            if hasattr(self._data_loader, "state_dict")
+            else {}
+        )
 
     def load_state_dict(self, state):
         if "data" in state and hasattr(self._data_loader, "load_state_dict"):

@@ -100,6 +100,11 @@ class IsolatedEvalHook(d2_hooks.EvalHook):
     (e.g. creating the test loader's iterator draws a seed) leaves training's draws as they
     were, so whether and when a run evaluates does not change its training."""
 
+    @classmethod
+    def of(cls, hook: d2_hooks.EvalHook) -> "IsolatedEvalHook":
+        """The same evaluation (period, function, after-train flag) as ``hook``."""
+        return cls(hook._period, hook._func, hook._eval_after_train)
+
     def _do_eval(self):
         with isolated_rng():
             return super()._do_eval()

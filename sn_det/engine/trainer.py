@@ -17,8 +17,8 @@ from ..checkpoint import SNDetectionCheckpointer
 from ..data.resumable_loader import ResumableTrainLoader
 from .batch_average import recompute_sn_batch_statistics
 from .hooks import SNBatchAverage, SNImportanceLogger
-from .resume import IsolatedEvalHook, ResumeState
 from .optimizer import build_sn_optimizer
+from .resume import IsolatedEvalHook, ResumeState
 
 __all__ = ["Trainer", "create_ddp_model"]
 
@@ -64,17 +64,13 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         """detectron2's hooks, plus SN batch averaging (if TEST.SN_BATCH_AVG.ENABLED) where
-        PreciseBN sits (before checkpointing and evaluation), and importance-ratio logging
-        before the writers."""
+        PreciseBN sits (before checkpointing and evaluation), importance-ratio logging
+        before the writers, the resume state saved with each checkpoint, and evaluation
+        isolated from the training's random generators."""
         ret = super().build_hooks()
         cfg = self.cfg
         period = cfg.TEST.EVAL_PERIOD
-        ret = [
-            IsolatedEvalHook(h._period, h._func, h._eval_after_train)
-            if type(h) is d2_hooks.EvalHook
-            else h
-            for h in ret
-        ]
+        ret = [IsolatedEvalHook.of(h) if type(h) is d2_hooks.EvalHook else h for h in ret]
         # Right before the checkpointer (which only the main process has; elsewhere where it
         # would be), so the saved random state and data position are those of its moment.
         at = next(
