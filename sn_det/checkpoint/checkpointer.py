@@ -1,7 +1,11 @@
-"""A DetectionCheckpointer that loads published ImageNet SN models directly and completely."""
+"""A DetectionCheckpointer that loads published ImageNet SN models directly and completely,
+and refuses a checkpoint that fills too little of the model."""
 
 import re
+from typing import List, Sequence, Tuple
 
+import numpy as np
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..layers import SwitchNorm2d
@@ -10,8 +14,8 @@ from .convert import (
     CheckpointConversionError,
     convert_published_state_dict,
     converted_checkpoint,
-    is_published_sn_state_dict,
     load_checkpoint_file,
+    published_format,
 )
 
 __all__ = ["SNDetectionCheckpointer"]
@@ -19,6 +23,37 @@ __all__ = ["SNDetectionCheckpointer"]
 # Model keys that a converted ImageNet SN backbone must fill: the ResNet's stem and stages,
 # wherever they live (backbone.bottom_up.* for FPN, backbone.* and roi_heads.res5.* for C4).
 _RESNET_KEY = re.compile(r"(^|\.)(stem|res[2-5])\.")
+
+# The default share of what a checkpoint is meant to fill that it must fill (the config's
+# MODEL.MIN_LOADED_FRACTION; see SNDetectionCheckpointer).
+DEFAULT_MIN_LOADED_FRACTION = 0.5
+# Model entries no checkpoint needs to fill: detectron2 initialises them from the config.
+_NOT_WEIGHTS = ("pixel_mean", "pixel_std")
+
+
+def _backbone_keys(model_keys: Sequence[str]) -> List[str]:
+    """The model's ImageNet-pretrainable part: its bottom-up network (``backbone.bottom_up.*``
+    when the backbone wraps one, as FPN does, else ``backbone.*``), and the C4 ROI head's
+    ``res5`` (a stage of the same ResNet)."""
+    bottom_up = [k for k in model_keys if k.startswith("backbone.bottom_up.")]
+    keys = bottom_up or [k for k in model_keys if k.startswith("backbone.")]
+    return keys + [k for k in model_keys if k.startswith("roi_heads.res5.")]
+
+
+def _check_model_values(model, filename: str) -> None:
+    """A checkpoint's "model" must map names to arrays (fvcore would raise a bare ValueError
+    from deep inside the loading)."""
+    if not isinstance(model, dict):
+        raise CheckpointConversionError(
+            f"{filename}: its 'model' entry is a {type(model).__name__}, not a dict of "
+            "weight arrays"
+        )
+    for k, v in model.items():
+        if not isinstance(v, (np.ndarray, torch.Tensor)):
+            raise CheckpointConversionError(
+                f"{filename}: its 'model' entry {k!r} is a {type(v).__name__}, not a weight "
+                "array, so this is not a checkpoint of model weights"
+            )
 
 
 def _detectron_pickle(data, filename: str) -> dict:
@@ -47,15 +82,38 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
       missing or does not fit as an error instead of detectron2's warning, and refuses a
       checkpoint whose switch weights (with or without the BN term) do not match
       ``MODEL.SN.USING_BN``, naming the key to change.
+    - refuses a checkpoint that fills less than ``min_loaded_fraction`` of what it is meant
+      to fill (by number of values; a checkpoint of another architecture otherwise gives a
+      page of warnings and a randomly initialised model). What it is meant to fill: for an
+      ImageNet-style backbone (detectron2/Detectron .pkl, pycls .pyth, published SN files,
+      any checkpoint loaded by name-matching heuristics) the backbone's bottom-up network and
+      a C4 model's res5; for a detectron2 checkpoint, the model's top-level modules that the
+      checkpoint names (``backbone``, ``roi_heads``, ...), or the whole model if it names none.
+      So fine-tuning from ImageNet weights, or from a detector with another number of
+      classes, loads as before.
     Everything else (detectron2 checkpoints, resuming) behaves as in detectron2.
+
+    Args:
+        min_loaded_fraction: the share below which loading is refused (MODEL.MIN_LOADED_FRACTION;
+            0 accepts anything, as detectron2 does).
     """
+
+    def __init__(self, model, save_dir="", *, min_loaded_fraction=None, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.min_loaded_fraction = (
+            DEFAULT_MIN_LOADED_FRACTION if min_loaded_fraction is None else min_loaded_fraction
+        )
+        self._loading = ""  # the file being loaded, for messages
 
     def _load_file(self, filename):
         # Every format through the one loader that runs no code from the file (detectron2's
         # and fvcore's _load_file unpickle fully); then detectron2's format conventions.
+        self._loading = filename
         loaded = load_checkpoint_file(filename)
         if filename.endswith(".pkl"):
-            return _detectron_pickle(loaded, filename)
+            checkpoint = _detectron_pickle(loaded, filename)
+            _check_model_values(checkpoint["model"], filename)
+            return checkpoint
         if filename.endswith(".pyth"):
             if not isinstance(loaded, dict) or "model_state" not in loaded:
                 raise CheckpointConversionError(
@@ -68,10 +126,14 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
                 if not k.endswith("num_batches_tracked")
             }
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
-        if is_published_sn_state_dict(loaded):
-            state_dict, meta, _ = convert_published_state_dict(loaded)
+        fmt = published_format(loaded)
+        if fmt:
+            try:
+                state_dict, meta, _ = convert_published_state_dict(loaded)
+            except CheckpointConversionError as e:
+                raise CheckpointConversionError(f"{filename}: {e}") from None
             self.logger.info(
-                f"Converted the published ImageNet SN model {filename} in memory "
+                f"Converted the published SN ResNet {filename} ({fmt} layout) in memory "
                 f"(ResNet-{meta['depth']}, {'with' if meta['using_bn'] else 'without'} BN statistics)"
             )
             return converted_checkpoint(state_dict, meta)
@@ -81,13 +143,16 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
             )
         if "model" not in loaded:
             loaded = {"model": loaded}
+        _check_model_values(loaded["model"], filename)
         return loaded
 
     def _load_model(self, checkpoint):
         is_sn_backbone = checkpoint.get("__author__") == SN_AUTHOR
         if is_sn_backbone:
             self._check_switch_layout(checkpoint["sn_meta"]["using_bn"])
+        scope = self._meant_to_fill(checkpoint)
         incompatible = super()._load_model(checkpoint)
+        self._check_loaded_fraction(scope, incompatible)
         if is_sn_backbone:
             missing = [k for k in incompatible.missing_keys if _RESNET_KEY.search(k)]
             if missing or incompatible.incorrect_shapes:
@@ -98,6 +163,39 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
                     "and the recipe)"
                 )
         return incompatible
+
+    def _meant_to_fill(self, checkpoint) -> Tuple[List[str], str]:
+        """The model keys ``checkpoint`` is meant to fill (see the class doc) and their
+        description; called before loading, which consumes ``checkpoint["model"]``."""
+        model_keys = [k for k in self.model.state_dict() if k not in _NOT_WEIGHTS]
+        if checkpoint.get("matching_heuristics", False):
+            return _backbone_keys(model_keys), "the backbone an ImageNet-style checkpoint fills"
+        named = set()
+        for k in checkpoint.get("model", {}):
+            k = k[len("module.") :] if k.startswith("module.") else k
+            named.add(k.split(".", 1)[0])
+        scoped = [k for k in model_keys if k.split(".", 1)[0] in named]
+        if scoped:
+            names = sorted({k.split(".", 1)[0] for k in scoped})
+            return scoped, f"the modules it names: {', '.join(names)}"
+        return model_keys, "the whole model, since it names none of its modules"
+
+    def _check_loaded_fraction(self, scope: Tuple[List[str], str], incompatible) -> None:
+        scope, where = scope
+        if not scope or self.min_loaded_fraction <= 0:
+            return
+        state = self.model.state_dict()
+        missing = set(incompatible.missing_keys) | {k for k, *_ in incompatible.incorrect_shapes}
+        total = sum(state[k].numel() for k in scope)
+        filled = sum(state[k].numel() for k in scope if k not in missing)
+        if total and filled < self.min_loaded_fraction * total:
+            raise CheckpointConversionError(
+                f"{self._loading or 'the checkpoint'} fills only {100.0 * filled / total:.1f}% "
+                f"of the model weights it should fill ({filled:,} of {total:,} values in "
+                f"{where}), below MODEL.MIN_LOADED_FRACTION "
+                f"{self.min_loaded_fraction:g}, so it is probably the checkpoint of another "
+                "architecture; set MODEL.MIN_LOADED_FRACTION 0 to start from it anyway"
+            )
 
     def load_weights_strictly(self, path: str) -> dict:
         """Load only the model weights of ``path`` (no optimizer or scheduler state) and fail

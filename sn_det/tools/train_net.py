@@ -36,7 +36,9 @@ def main(args, trainer_cls=Trainer, config_adders: Sequence[Callable] = ()):
     cfg = setup_cfg(args, config_adders=config_adders)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        SNDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SNDetectionCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, min_loaded_fraction=cfg.MODEL.MIN_LOADED_FRACTION
+        ).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = trainer_cls.test_with_sn_batch_average(cfg, model)
