@@ -40,6 +40,11 @@ def _backbone_keys(model_keys: Sequence[str]) -> List[str]:
     return keys + [k for k in model_keys if k.startswith("roi_heads.res5.")]
 
 
+def _part(key: str) -> str:
+    """'backbone.bottom_up.res2.0.conv1.weight' -> 'backbone.bottom_up'."""
+    return ".".join(key.split(".")[:2])
+
+
 def _check_model_values(model, filename: str) -> None:
     """A checkpoint's "model" must map names to arrays (fvcore would raise a bare ValueError
     from deep inside the loading)."""
@@ -88,7 +93,8 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
       ImageNet-style backbone (detectron2/Detectron .pkl, pycls .pyth, published SN files,
       any checkpoint loaded by name-matching heuristics) the backbone's bottom-up network and
       a C4 model's res5; for a detectron2 checkpoint, the model's top-level modules that the
-      checkpoint names (``backbone``, ``roi_heads``, ...), or the whole model if it names none.
+      checkpoint names (``backbone.bottom_up``, ``roi_heads.box_head``, ...: the first two
+      components of its keys), or the whole model if it names none of them.
       So fine-tuning from ImageNet weights, or from a detector with another number of
       classes, loads as before.
     Everything else (detectron2 checkpoints, resuming) behaves as in detectron2.
@@ -170,14 +176,17 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
         model_keys = [k for k in self.model.state_dict() if k not in _NOT_WEIGHTS]
         if checkpoint.get("matching_heuristics", False):
             return _backbone_keys(model_keys), "the backbone an ImageNet-style checkpoint fills"
+        # Parts named by their first two name components (backbone.bottom_up, roi_heads.
+        # box_head, ...): a backbone-only file is then measured on the bottom-up network.
         named = set()
         for k in checkpoint.get("model", {}):
             k = k[len("module.") :] if k.startswith("module.") else k
-            named.add(k.split(".", 1)[0])
-        scoped = [k for k in model_keys if k.split(".", 1)[0] in named]
+            named.add(_part(k))
+        scoped = [k for k in model_keys if _part(k) in named]
         if scoped:
-            names = sorted({k.split(".", 1)[0] for k in scoped})
-            return scoped, f"the modules it names: {', '.join(names)}"
+            parts = sorted({_part(k) for k in scoped})
+            shown = ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
+            return scoped, f"the model parts it names: {shown}"
         return model_keys, "the whole model, since it names none of its modules"
 
     def _check_loaded_fraction(self, scope: Tuple[List[str], str], incompatible) -> None:
