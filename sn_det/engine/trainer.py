@@ -4,6 +4,7 @@ import logging
 import os
 import weakref
 
+from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
@@ -12,6 +13,7 @@ from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 
 from ..checkpoint import SNDetectionCheckpointer
+from ..data import CheckedMapper
 from .batch_average import recompute_sn_batch_statistics
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer
@@ -103,6 +105,18 @@ class Trainer(DefaultTrainer):
         loader_cfg.defrost()
         loader_cfg.DATALOADER.NUM_WORKERS = 0
         return cls.build_train_loader(loader_cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's loader; a bad image or annotation names its file (CheckedMapper)."""
+        mapper = CheckedMapper(DatasetMapper(cfg, True), cfg.MODEL.MASK_ON)
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # Test-time mapping drops the annotations, so only images are checked.
+        mapper = CheckedMapper(DatasetMapper(cfg, False), mask_on=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -7,6 +7,7 @@ checkpoints and metrics to OUTPUT_DIR; every test set is evaluated with COCOEval
 A project reuses it with its own trainer and config keys (see :func:`invoke_main`).
 """
 
+import logging
 import sys
 from typing import Callable, Sequence
 
@@ -15,7 +16,22 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
+from sn_det.data import DatasetFileError
 from sn_det.engine import ConfigError, Trainer, setup_cfg
+
+# Errors whose message is one sentence for the user: printed as "error: ..." with exit 2.
+USER_ERRORS = (ConfigError, CheckpointConversionError, DatasetFileError)
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """detectron2's training loop logs every exception with its traceback before re-raising
+    it; for a user error the sentence printed on exit says it all."""
+
+    def filter(self, record):
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.msg, record.args = f"{record.msg} {record.exc_info[1]}", ()
+            record.exc_info = record.exc_text = None
+        return True
 
 EXAMPLES = """examples:
   # tiny SN Mask R-CNN on the embedded synthetic data (CPU, under a minute):
@@ -52,9 +68,10 @@ def main(args, trainer_cls=Trainer, config_adders: Sequence[Callable] = ()):
 
 
 def _main_or_exit(args, trainer_cls, config_adders):
+    logging.getLogger("detectron2.engine.train_loop").addFilter(_NoTracebackForUserErrors())
     try:
         result = main(args, trainer_cls, config_adders)
-    except (ConfigError, CheckpointConversionError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if comm.get_world_size() > 1:
