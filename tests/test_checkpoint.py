@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 
 from sn_det import add_sn_config
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
-from published_models import BLOCKS, published_resnet50
+from published_models import BLOCKS, detectron_pytorch_layout, published_resnet50
 from sn_reference import reference_switch_norm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,25 +218,6 @@ def test_use_fpn_flag_is_accepted_as_a_no_op(tmp_path):
 
 
 # --- The authors' Detectron.pytorch backbones -------------------------------------------------
-
-
-def detectron_pytorch_layout(ckpt: dict, use_fpn: bool) -> dict:
-    """What the authors' tools/convert.py writes from an ImageNet checkpoint, written plainly:
-    module.conv1/sn1.* -> res1.conv1/sn1.*, module.layer{L}.* -> res{L+1}.*,
-    module.fc.* -> classifier.*, under Conv_Body.conv_body. (--use-FPN) or Conv_Body."""
-    prefix = "Conv_Body.conv_body." if use_fpn else "Conv_Body."
-    model = {}
-    for key, value in ckpt["state_dict"].items():
-        name = key[len("module.") :]
-        if name.startswith(("conv1.", "sn1.")):
-            new = "res1." + name
-        elif name.startswith("fc."):
-            new = "classifier." + name[len("fc.") :]
-        else:
-            assert name.startswith("layer")
-            new = f"res{int(name[len('layer')]) + 1}{name[len('layer1'):]}"
-        model[prefix + new] = value.clone()
-    return {"model": model}
 
 
 @pytest.mark.parametrize("use_fpn", [True, False], ids=["fpn_prefix", "plain_prefix"])
