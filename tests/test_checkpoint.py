@@ -227,8 +227,7 @@ def test_detectron_pytorch_backbone_converts_like_the_imagenet_file(published, t
     torch.save(detectron_pytorch_layout(torch.load(src, weights_only=True), use_fpn), det)
     out = str(tmp_path / "det_converted.pth")
     proc = subprocess.run(
-        [sys.executable, CONVERT, "--ckpt", det, "--dst", out]
-        + (["--use-FPN"] if use_fpn else []),
+        [sys.executable, CONVERT, "--ckpt", det, "--dst", out] + (["--use-FPN"] if use_fpn else []),
         capture_output=True,
         text=True,
         timeout=120,
@@ -327,5 +326,7 @@ def test_fine_tuning_loads_are_not_refused(published, tmp_path):
     # ...and the fraction is measured on what the file is meant to fill: with the threshold
     # at 1, the detector with 80 classes is refused (its class-specific layers are skipped).
     model = build("FPN", using_bn, "MODEL.ROI_HEADS.NUM_CLASSES", "3")
-    with pytest.raises(CheckpointConversionError, match="in the model parts it names: backbone.bottom_up, "):
+    with pytest.raises(
+        CheckpointConversionError, match="in the model parts it names: backbone.bottom_up, "
+    ):
         SNDetectionCheckpointer(model, min_loaded_fraction=1.0).load(full)

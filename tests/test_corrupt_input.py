@@ -208,9 +208,7 @@ def coco_style_dataset(folder, num_images=4):
     data = {
         "images": images,
         "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
-        "categories": [
-            {"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]
-        ],
+        "categories": [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]],
     }
     return coco, data
 

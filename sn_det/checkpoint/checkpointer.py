@@ -92,11 +92,11 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
       page of warnings and a randomly initialised model). What it is meant to fill: for an
       ImageNet-style backbone (detectron2/Detectron .pkl, pycls .pyth, published SN files,
       any checkpoint loaded by name-matching heuristics) the backbone's bottom-up network and
-      a C4 model's res5; for a detectron2 checkpoint, the model's top-level modules that the
-      checkpoint names (``backbone.bottom_up``, ``roi_heads.box_head``, ...: the first two
-      components of its keys), or the whole model if it names none of them.
-      So fine-tuning from ImageNet weights, or from a detector with another number of
-      classes, loads as before.
+      a C4 model's res5; for a detectron2 checkpoint, the model parts that the checkpoint
+      names (``backbone.bottom_up``, ``roi_heads.box_head``, ...: the first two components
+      of its keys), or the whole model if it names none of them. So fine-tuning from
+      ImageNet weights, or from a detector with another number of classes, loads as before.
+      (The check needs the load's result: a refused model is partly loaded; discard it.)
     Everything else (detectron2 checkpoints, resuming) behaves as in detectron2.
 
     Args:

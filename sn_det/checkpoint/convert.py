@@ -130,8 +130,8 @@ def is_published_sn_state_dict(obj) -> bool:
 
 
 def published_format(obj) -> str:
-    """"imagenet", "detectron.pytorch FPN", "detectron.pytorch" (see the module doc), or ""
-    when ``obj`` is not a published SN ResNet."""
+    """The layout of a published SN ResNet: "imagenet", "detectron.pytorch FPN" or
+    "detectron.pytorch" (see the module doc); "" when ``obj`` is not one."""
     sd, _, fmt = _published_state_dict(obj)
     return fmt if "conv1.weight" in sd and "sn1.mean_weight" in sd else ""
 

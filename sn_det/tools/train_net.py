@@ -33,6 +33,7 @@ class _NoTracebackForUserErrors(logging.Filter):
             record.exc_info = record.exc_text = None
         return True
 
+
 EXAMPLES = """examples:
   # tiny SN Mask R-CNN on the embedded synthetic data (CPU, under a minute):
   tools/train_net.py --config-file configs/quick_schedules/mask_rcnn_sn_instant_test.yaml
@@ -54,9 +55,7 @@ def main(args, trainer_cls=Trainer, config_adders: Sequence[Callable] = ()):
         model = trainer_cls.build_model(cfg)
         SNDetectionCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR, min_loaded_fraction=cfg.MODEL.MIN_LOADED_FRACTION
-        ).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = trainer_cls.test_with_sn_batch_average(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
