@@ -110,6 +110,7 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
             DEFAULT_MIN_LOADED_FRACTION if min_loaded_fraction is None else min_loaded_fraction
         )
         self._loading = ""  # the file being loaded, for messages
+        self._strict = False  # inside load_weights_strictly
 
     def _load_file(self, filename):
         # Every format through the one loader that runs no code from the file (detectron2's
@@ -158,7 +159,6 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
             self._check_switch_layout(checkpoint["sn_meta"]["using_bn"])
         scope = self._meant_to_fill(checkpoint)
         incompatible = super()._load_model(checkpoint)
-        self._check_loaded_fraction(scope, incompatible)
         if is_sn_backbone:
             missing = [k for k in incompatible.missing_keys if _RESNET_KEY.search(k)]
             if missing or incompatible.incorrect_shapes:
@@ -168,6 +168,8 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
                     f"missing or of another shape, e.g. {bad[:3]} (check MODEL.RESNETS.DEPTH "
                     "and the recipe)"
                 )
+        if not self._strict:  # strict loading names the missing SN entries instead
+            self._check_loaded_fraction(scope, incompatible)
         return incompatible
 
     def _meant_to_fill(self, checkpoint) -> Tuple[List[str], str]:
@@ -221,7 +223,11 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
         """
         self.logger.info(f"Loading weights from {path} ...")
         checkpoint = self._load_file(path)
-        incompatible = self._load_model(checkpoint)
+        self._strict = True
+        try:
+            incompatible = self._load_model(checkpoint)
+        finally:
+            self._strict = False
         sn_keys = {
             f"{name}.{key}"
             for name, m in self.model.named_modules()
