@@ -44,7 +44,8 @@ def get_sn_cfg(config_adders=()) -> SNCfgNode:
 
 def add_sn_config(cfg: CN) -> CN:
     """Add ``MODEL.SN.*`` (the layer settings of every norm named "SN" or "SyncSN"),
-    ``SOLVER.WEIGHT_DECAY_SWITCH`` and ``TEST.SN_BATCH_AVG.*`` to ``cfg`` in place."""
+    ``MODEL.MIN_LOADED_FRACTION``, ``SOLVER.WEIGHT_DECAY_SWITCH`` and ``TEST.SN_BATCH_AVG.*``
+    to ``cfg`` in place."""
     _C = cfg
     _C.MODEL.SN = CN()
     # Added to the mixed variance before the square root.
@@ -61,6 +62,13 @@ def add_sn_config(cfg: CN) -> CN:
     # Zero-initialise the weight (gamma) of the last SN of every residual branch in the
     # backbone and the C4 res5 head, so each block starts as the identity.
     _C.MODEL.SN.LAST_GAMMA = False
+
+    # Loading MODEL.WEIGHTS (or --eval-only's checkpoint) is refused when it fills less than
+    # this share (by number of values) of what it is meant to fill: the backbone for an
+    # ImageNet-style checkpoint, the modules it names for a detectron2 one. Catches a
+    # checkpoint of another architecture, which detectron2 only warns about (then trains from
+    # random weights). 0 loads anything, as detectron2 does.
+    _C.MODEL.MIN_LOADED_FRACTION = 0.5
 
     # Weight decay of the SN switch logits (mean_weight, var_weight); the seed used 0. SN's
     # weight/bias follow SOLVER.WEIGHT_DECAY_NORM like detectron2's norms.

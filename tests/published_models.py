@@ -1,4 +1,4 @@
-"""Random ImageNet SN models in the authors' published checkpoint layout, for tests."""
+"""Random ImageNet SN models in the authors' published checkpoint layouts, for tests."""
 
 import math
 from collections import OrderedDict
@@ -46,3 +46,22 @@ def published_resnet50(using_bn: bool, seed: int = 0) -> dict:
     sd["module.fc.weight"] = torch.randn(1000, 2048, generator=g) * 0.01
     sd["module.fc.bias"] = torch.zeros(1000)
     return {"epoch": 100, "arch": "resnet50", "state_dict": sd}
+
+
+def detectron_pytorch_layout(ckpt: dict, use_fpn: bool) -> dict:
+    """What the authors' tools/convert.py writes from an ImageNet checkpoint, written plainly:
+    module.conv1/sn1.* -> res1.conv1/sn1.*, module.layer{L}.* -> res{L+1}.*,
+    module.fc.* -> classifier.*, under Conv_Body.conv_body. (--use-FPN) or Conv_Body."""
+    prefix = "Conv_Body.conv_body." if use_fpn else "Conv_Body."
+    model = {}
+    for key, value in ckpt["state_dict"].items():
+        name = key[len("module.") :]
+        if name.startswith(("conv1.", "sn1.")):
+            new = "res1." + name
+        elif name.startswith("fc."):
+            new = "classifier." + name[len("fc.") :]
+        else:
+            assert name.startswith("layer")
+            new = f"res{int(name[len('layer')]) + 1}{name[len('layer1'):]}"
+        model[prefix + new] = value.clone()
+    return {"model": model}

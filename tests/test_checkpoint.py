@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 
 from sn_det import add_sn_config
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
-from published_models import BLOCKS, published_resnet50
+from published_models import BLOCKS, detectron_pytorch_layout, published_resnet50
 from sn_reference import reference_switch_norm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,7 +183,7 @@ def test_converter_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
 
 def test_converter_refuses_a_foreign_checkpoint(tmp_path):
     log = _refused(tmp_path, {"model": {"backbone.conv.weight": torch.zeros(1)}})
-    assert "not a published ImageNet SN checkpoint" in log
+    assert "not a published SN ResNet checkpoint" in log
 
 
 def test_converter_refuses_unknown_keys(tmp_path):
@@ -215,3 +215,118 @@ def test_use_fpn_flag_is_accepted_as_a_no_op(tmp_path):
     )
     assert proc.returncode == 0 and "--use-FPN is not needed" in proc.stdout
     assert os.path.exists(dst)
+
+
+# --- The authors' Detectron.pytorch backbones -------------------------------------------------
+
+
+@pytest.mark.parametrize("use_fpn", [True, False], ids=["fpn_prefix", "plain_prefix"])
+def test_detectron_pytorch_backbone_converts_like_the_imagenet_file(published, tmp_path, use_fpn):
+    using_bn, src, dst, *_ = published
+    det = str(tmp_path / "det.pth")
+    torch.save(detectron_pytorch_layout(torch.load(src, weights_only=True), use_fpn), det)
+    out = str(tmp_path / "det_converted.pth")
+    proc = subprocess.run(
+        [sys.executable, CONVERT, "--ckpt", det, "--dst", out] + (["--use-FPN"] if use_fpn else []),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    prefix = "Conv_Body.conv_body." if use_fpn else "Conv_Body."
+    assert f"{prefix}res2.0.downsample.1.mean_weight -> res2.0.shortcut.norm.mean_weight" in (
+        proc.stdout
+    )
+    assert f"{prefix}classifier.weight -> (dropped: ImageNet classifier)" in proc.stdout
+    got = torch.load(out, weights_only=True)
+    want = torch.load(dst, weights_only=True)
+    assert got["sn_meta"] == want["sn_meta"] == {"depth": 50, "using_bn": using_bn}
+    assert list(got["model"]) == list(want["model"])
+    for k, v in want["model"].items():
+        assert torch.equal(got["model"][k], v), k
+    # written through a temporary file and a rename: nothing else is left behind
+    assert sorted(os.listdir(tmp_path)) == ["det.pth", "det_converted.pth"]
+
+    # Directly as MODEL.WEIGHTS: the same model as from the converted ImageNet file.
+    direct, reference = build("FPN", using_bn), build("FPN", using_bn)
+    SNDetectionCheckpointer(direct).load(det)
+    SNDetectionCheckpointer(reference).load(dst)
+    ref_state = reference.state_dict()
+    for k, v in direct.state_dict().items():
+        if k.startswith("backbone.bottom_up."):
+            assert torch.equal(v, ref_state[k]), k
+
+
+def test_a_whole_detectron_pytorch_detector_is_refused_naming_a_key(published, tmp_path):
+    _, src, *_ = published
+    ckpt = detectron_pytorch_layout(torch.load(src, weights_only=True), True)
+    ckpt["model"]["RPN.RPN_conv.weight"] = torch.zeros(256, 256, 3, 3)
+    assert "unknown key 'RPN.RPN_conv.weight'" in _refused(tmp_path, ckpt)
+
+
+def test_dst_pkl_is_detectron2s_pickle_format(published, tmp_path):
+    using_bn, src, dst, *_ = published
+    out = str(tmp_path / "converted.pkl")
+    code, log = convert(src, out)
+    assert code == 0, log
+    import pickle
+
+    import numpy as np
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    with open(out, "rb") as f:
+        data = pickle.load(f)
+    assert data["matching_heuristics"] is True and isinstance(data["__author__"], str)
+    assert all(isinstance(v, np.ndarray) for v in data["model"].values())
+    want = torch.load(dst, weights_only=True)["model"]
+    assert sorted(data["model"]) == sorted(want)
+    for k, v in want.items():
+        assert np.array_equal(data["model"][k], v.numpy()), k
+    # detectron2's own checkpointer reads it (with pickle), as does sn_det's (data-only).
+    for checkpointer in (DetectionCheckpointer, SNDetectionCheckpointer):
+        model = build("FPN", using_bn)
+        checkpointer(model).load(out)
+        state = model.state_dict()
+        for k, v in want.items():
+            assert torch.equal(state[f"backbone.bottom_up.{k}"], v), k
+
+
+# --- A checkpoint that fills too little of the model ------------------------------------------
+
+
+def test_another_architecture_is_refused_in_one_sentence(tmp_path):
+    import torchvision
+
+    path = str(tmp_path / "resnet18.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    model = build("FPN", True)
+    with pytest.raises(CheckpointConversionError) as e:
+        SNDetectionCheckpointer(model).load(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path} fills only 0.0% of the model weights")
+    assert "MODEL.MIN_LOADED_FRACTION 0.5" in msg and "MODEL.MIN_LOADED_FRACTION 0 " in msg
+    # On purpose: allowed, as detectron2 does.
+    SNDetectionCheckpointer(model, min_loaded_fraction=0).load(path)
+
+
+def test_fine_tuning_loads_are_not_refused(published, tmp_path):
+    using_bn, _, dst, *_ = published
+    # A detector with another number of classes: its predictors do not fit, the rest does.
+    source = build("FPN", using_bn, "MODEL.ROI_HEADS.NUM_CLASSES", "80")
+    full = str(tmp_path / "coco_detector.pth")
+    torch.save({"model": source.state_dict()}, full)
+    # A detectron2-format backbone alone (backbone.bottom_up.* only).
+    backbone = str(tmp_path / "backbone.pth")
+    torch.save(
+        {"model": {k: v for k, v in source.state_dict().items() if ".bottom_up." in k}}, backbone
+    )
+    for path in (full, backbone, dst):
+        model = build("FPN", using_bn, "MODEL.ROI_HEADS.NUM_CLASSES", "3")
+        SNDetectionCheckpointer(model, min_loaded_fraction=0.9).load(path)
+    # ...and the fraction is measured on what the file is meant to fill: with the threshold
+    # at 1, the detector with 80 classes is refused (its class-specific layers are skipped).
+    model = build("FPN", using_bn, "MODEL.ROI_HEADS.NUM_CLASSES", "3")
+    with pytest.raises(
+        CheckpointConversionError, match="in the model parts it names: backbone.bottom_up, "
+    ):
+        SNDetectionCheckpointer(model, min_loaded_fraction=1.0).load(full)

@@ -92,3 +92,26 @@ def test_train_finetune_uses_the_recipe_and_its_weights():
     proc = run("train_finetune.sh", recipe, "MODEL.DEVICE", "cpu", env={"NUM_GPUS": "1"})
     assert proc.returncode == 2
     assert "MODEL.WEIGHTS = 'pretrained/resnet50_sn_8x1.pth' does not exist" in proc.stderr
+
+
+def test_convert_recognises_the_authors_download_names(tmp_path):
+    import torch
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from published_models import detectron_pytorch_layout, published_resnet50
+
+    src = tmp_path / "downloads"
+    src.mkdir()
+    torch.save(published_resnet50(True), str(src / "ResNet50v1+SN(8,32)-77.49.pth"))
+    # An (8,1) backbone in the authors' Detectron.pytorch form, under their convert.sh name.
+    det = detectron_pytorch_layout(published_resnet50(False, seed=1), use_fpn=True)
+    torch.save(det, str(src / "resnet-sn-50-(8,1).pth"))
+    (src / "notes.pth").write_bytes(b"not a model name")  # ignored: the name says nothing
+    proc = run("convert.sh", str(src), "pretrained", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "pretrained")) == [
+        "resnet50_sn_8x1.pth",
+        "resnet50_sn_8x32.pth",
+    ]
+    assert "use it with MODEL.SN.USING_BN False" in proc.stdout
+    assert "Conv_Body.conv_body.res1.sn1.weight -> stem.conv1.norm.weight" in proc.stdout

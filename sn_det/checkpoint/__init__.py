@@ -1,5 +1,11 @@
 from .checkpointer import SNDetectionCheckpointer
-from .convert import SN_AUTHOR, convert_published_state_dict, converted_checkpoint, save_atomically
+from .convert import (
+    SN_AUTHOR,
+    convert_published_state_dict,
+    converted_checkpoint,
+    published_format,
+    save_atomically,
+)
 from .errors import CheckpointConversionError, UntrustedCheckpointError
 from .safe_load import TRUST_ENV, load_checkpoint_file, trust_requested
 

@@ -1,8 +1,12 @@
-"""A DetectionCheckpointer that loads published ImageNet SN models directly and completely."""
+"""A DetectionCheckpointer that loads published ImageNet SN models directly and completely,
+and refuses a checkpoint that fills too little of the model."""
 
 import os
 import re
+from typing import List, Sequence, Tuple
 
+import numpy as np
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..layers import SwitchNorm2d
@@ -11,8 +15,8 @@ from .convert import (
     CheckpointConversionError,
     convert_published_state_dict,
     converted_checkpoint,
-    is_published_sn_state_dict,
     load_checkpoint_file,
+    published_format,
 )
 from .resume_files import (
     CHECKPOINT_NAME,
@@ -26,6 +30,42 @@ __all__ = ["SNDetectionCheckpointer"]
 # Model keys that a converted ImageNet SN backbone must fill: the ResNet's stem and stages,
 # wherever they live (backbone.bottom_up.* for FPN, backbone.* and roi_heads.res5.* for C4).
 _RESNET_KEY = re.compile(r"(^|\.)(stem|res[2-5])\.")
+
+# The default share of what a checkpoint is meant to fill that it must fill (the config's
+# MODEL.MIN_LOADED_FRACTION; see SNDetectionCheckpointer).
+DEFAULT_MIN_LOADED_FRACTION = 0.5
+# Model entries no checkpoint needs to fill: detectron2 initialises them from the config.
+_NOT_WEIGHTS = ("pixel_mean", "pixel_std")
+
+
+def _backbone_keys(model_keys: Sequence[str]) -> List[str]:
+    """The model's ImageNet-pretrainable part: its bottom-up network (``backbone.bottom_up.*``
+    when the backbone wraps one, as FPN does, else ``backbone.*``), and the C4 ROI head's
+    ``res5`` (a stage of the same ResNet)."""
+    bottom_up = [k for k in model_keys if k.startswith("backbone.bottom_up.")]
+    keys = bottom_up or [k for k in model_keys if k.startswith("backbone.")]
+    return keys + [k for k in model_keys if k.startswith("roi_heads.res5.")]
+
+
+def _part(key: str) -> str:
+    """'backbone.bottom_up.res2.0.conv1.weight' -> 'backbone.bottom_up'."""
+    return ".".join(key.split(".")[:2])
+
+
+def _check_model_values(model, filename: str) -> None:
+    """A checkpoint's "model" must map names to arrays (fvcore would raise a bare ValueError
+    from deep inside the loading)."""
+    if not isinstance(model, dict):
+        raise CheckpointConversionError(
+            f"{filename}: its 'model' entry is a {type(model).__name__}, not a dict of "
+            "weight arrays"
+        )
+    for k, v in model.items():
+        if not isinstance(v, (np.ndarray, torch.Tensor)):
+            raise CheckpointConversionError(
+                f"{filename}: its 'model' entry {k!r} is a {type(v).__name__}, not a weight "
+                "array, so this is not a checkpoint of model weights"
+            )
 
 
 def _detectron_pickle(data, filename: str) -> dict:
@@ -56,9 +96,31 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
       ``MODEL.SN.USING_BN``, naming the key to change;
     - writes the ``last_checkpoint`` tag atomically, and resumes from the newest complete
       checkpoint of the folder, with a warning, when the tag is missing, empty or broken or
-      names a file that is not complete (see ``sn_det.checkpoint.resume_files``).
+      names a file that is not complete (see ``sn_det.checkpoint.resume_files``);
+    - refuses a checkpoint that fills less than ``min_loaded_fraction`` of what it is meant
+      to fill (by number of values; a checkpoint of another architecture otherwise gives a
+      page of warnings and a randomly initialised model). What it is meant to fill: for an
+      ImageNet-style backbone (detectron2/Detectron .pkl, pycls .pyth, published SN files,
+      any checkpoint loaded by name-matching heuristics) the backbone's bottom-up network and
+      a C4 model's res5; for a detectron2 checkpoint, the model parts that the checkpoint
+      names (``backbone.bottom_up``, ``roi_heads.box_head``, ...: the first two components
+      of its keys), or the whole model if it names none of them. So fine-tuning from
+      ImageNet weights, or from a detector with another number of classes, loads as before.
+      (The check needs the load's result: a refused model is partly loaded; discard it.)
     Everything else (detectron2 checkpoints) behaves as in detectron2.
+
+    Args:
+        min_loaded_fraction: the share below which loading is refused (MODEL.MIN_LOADED_FRACTION;
+            0 accepts anything, as detectron2 does).
     """
+
+    def __init__(self, model, save_dir="", *, min_loaded_fraction=None, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.min_loaded_fraction = (
+            DEFAULT_MIN_LOADED_FRACTION if min_loaded_fraction is None else min_loaded_fraction
+        )
+        self._loading = ""  # the file being loaded, for messages
+        self._strict = False  # inside load_weights_strictly
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         # detectron2 rewrites the tag in place: a kill at that moment left it empty.
@@ -106,9 +168,12 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename):
         # Every format through the one loader that runs no code from the file (detectron2's
         # and fvcore's _load_file unpickle fully); then detectron2's format conventions.
+        self._loading = filename
         loaded = load_checkpoint_file(filename)
         if filename.endswith(".pkl"):
-            return _detectron_pickle(loaded, filename)
+            checkpoint = _detectron_pickle(loaded, filename)
+            _check_model_values(checkpoint["model"], filename)
+            return checkpoint
         if filename.endswith(".pyth"):
             if not isinstance(loaded, dict) or "model_state" not in loaded:
                 raise CheckpointConversionError(
@@ -121,10 +186,14 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
                 if not k.endswith("num_batches_tracked")
             }
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
-        if is_published_sn_state_dict(loaded):
-            state_dict, meta, _ = convert_published_state_dict(loaded)
+        fmt = published_format(loaded)
+        if fmt:
+            try:
+                state_dict, meta, _ = convert_published_state_dict(loaded)
+            except CheckpointConversionError as e:
+                raise CheckpointConversionError(f"{filename}: {e}") from None
             self.logger.info(
-                f"Converted the published ImageNet SN model {filename} in memory "
+                f"Converted the published SN ResNet {filename} ({fmt} layout) in memory "
                 f"(ResNet-{meta['depth']}, {'with' if meta['using_bn'] else 'without'} BN statistics)"
             )
             return converted_checkpoint(state_dict, meta)
@@ -134,12 +203,14 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
             )
         if "model" not in loaded:
             loaded = {"model": loaded}
+        _check_model_values(loaded["model"], filename)
         return loaded
 
     def _load_model(self, checkpoint):
         is_sn_backbone = checkpoint.get("__author__") == SN_AUTHOR
         if is_sn_backbone:
             self._check_switch_layout(checkpoint["sn_meta"]["using_bn"])
+        scope = self._meant_to_fill(checkpoint)
         incompatible = super()._load_model(checkpoint)
         if is_sn_backbone:
             missing = [k for k in incompatible.missing_keys if _RESNET_KEY.search(k)]
@@ -150,7 +221,45 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
                     f"missing or of another shape, e.g. {bad[:3]} (check MODEL.RESNETS.DEPTH "
                     "and the recipe)"
                 )
+        if not self._strict:  # strict loading names the missing SN entries instead
+            self._check_loaded_fraction(scope, incompatible)
         return incompatible
+
+    def _meant_to_fill(self, checkpoint) -> Tuple[List[str], str]:
+        """The model keys ``checkpoint`` is meant to fill (see the class doc) and their
+        description; called before loading, which consumes ``checkpoint["model"]``."""
+        model_keys = [k for k in self.model.state_dict() if k not in _NOT_WEIGHTS]
+        if checkpoint.get("matching_heuristics", False):
+            return _backbone_keys(model_keys), "the backbone an ImageNet-style checkpoint fills"
+        # Parts named by their first two name components (backbone.bottom_up, roi_heads.
+        # box_head, ...): a backbone-only file is then measured on the bottom-up network.
+        named = set()
+        for k in checkpoint.get("model", {}):
+            k = k[len("module.") :] if k.startswith("module.") else k
+            named.add(_part(k))
+        scoped = [k for k in model_keys if _part(k) in named]
+        if scoped:
+            parts = sorted({_part(k) for k in scoped})
+            shown = ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
+            return scoped, f"the model parts it names: {shown}"
+        return model_keys, "the whole model, since it names none of its modules"
+
+    def _check_loaded_fraction(self, scope: Tuple[List[str], str], incompatible) -> None:
+        scope, where = scope
+        if not scope or self.min_loaded_fraction <= 0:
+            return
+        state = self.model.state_dict()
+        missing = set(incompatible.missing_keys) | {k for k, *_ in incompatible.incorrect_shapes}
+        total = sum(state[k].numel() for k in scope)
+        filled = sum(state[k].numel() for k in scope if k not in missing)
+        if total and filled < self.min_loaded_fraction * total:
+            raise CheckpointConversionError(
+                f"{self._loading or 'the checkpoint'} fills only {100.0 * filled / total:.1f}% "
+                f"of the model weights it should fill ({filled:,} of {total:,} values in "
+                f"{where}), below MODEL.MIN_LOADED_FRACTION "
+                f"{self.min_loaded_fraction:g}, so it is probably the checkpoint of another "
+                "architecture; set MODEL.MIN_LOADED_FRACTION 0 to start from it anyway"
+            )
 
     def load_weights_strictly(self, path: str) -> dict:
         """Load only the model weights of ``path`` (no optimizer or scheduler state) and fail
@@ -167,7 +276,11 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
         """
         self.logger.info(f"Loading weights from {path} ...")
         checkpoint = self._load_file(path)
-        incompatible = self._load_model(checkpoint)
+        self._strict = True
+        try:
+            incompatible = self._load_model(checkpoint)
+        finally:
+            self._strict = False
         sn_keys = {
             f"{name}.{key}"
             for name, m in self.model.named_modules()

@@ -13,10 +13,23 @@ Published layout (a DataParallel ResNet-v1, stride on the 3x3 conv)::
 SN weight/bias (1, C, 1, 1) and running stats (1, C, 1) become (C,). The result carries
 ``matching_heuristics``, so detectron2 matches ``res5.*`` to ``backbone.bottom_up.res5.*``
 (FPN) or ``roi_heads.res5.*`` (C4) alike.
+
+The authors' Detectron.pytorch detection code read the same networks in another layout,
+written by their ``tools/convert.py`` (``{'model': {...}}``, tensors unchanged), which is the
+only form of their (8,2) and (8,1) FPN backbones::
+
+    {P}res1.conv1.weight, {P}res1.sn1.*              <- module.conv1.weight, module.sn1.*
+    {P}res{L+1}.{rest}                               <- module.layer{L}.{rest}
+    {P}classifier.{weight,bias}                      <- module.fc.{weight,bias}
+
+with P = ``Conv_Body.conv_body.`` (written with --use-FPN) or ``Conv_Body.`` (without).
+Such a file is renamed back to the ImageNet layout and converted by the same code, so both
+forms of one network give the same detectron2 checkpoint, tensor for tensor.
 """
 
 import logging
 import os
+import pickle
 import re
 import tempfile
 from collections import OrderedDict
@@ -31,6 +44,7 @@ __all__ = [
     "CheckpointConversionError",
     "SN_AUTHOR",
     "is_published_sn_state_dict",
+    "published_format",
     "load_checkpoint_file",
     "convert_published_state_dict",
     "converted_checkpoint",
@@ -58,21 +72,68 @@ _KEY = re.compile(
 )
 
 
-def _published_state_dict(obj) -> Tuple[Dict[str, torch.Tensor], str]:
-    """The published state dict inside a loaded file without its DataParallel prefix, and
-    that prefix ("module." or "")."""
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict) or not sd:
-        return {}, ""
-    if all(isinstance(k, str) and k.startswith("module.") for k in sd):
-        return OrderedDict((k[len("module.") :], v) for k, v in sd.items()), "module."
-    return sd, ""
+# Key prefixes of the authors' Detectron.pytorch backbones, longest first (see the module doc).
+DETECTRON_PYTORCH_PREFIXES = ("Conv_Body.conv_body.", "Conv_Body.")
+_DETECTRON_PYTORCH_KEY = re.compile(r"^res(?P<stage>[1-5])\.(?P<rest>.+)$")
+
+
+def _imagenet_key_of_detectron_pytorch(key: str) -> str:
+    """'res1.conv1.weight' -> 'conv1.weight', 'res3.0.sn1.bias' -> 'layer2.0.sn1.bias',
+    'classifier.weight' -> 'fc.weight' (the inverse of the authors' tools/convert.py).
+    Keys of no ResNet part come back unchanged, so the converter names them as unknown."""
+    if key.startswith("classifier."):
+        return "fc." + key[len("classifier.") :]
+    m = _DETECTRON_PYTORCH_KEY.match(key)
+    if m is None:
+        return key
+    stage, rest = int(m.group("stage")), m.group("rest")
+    return rest if stage == 1 else f"layer{stage - 1}.{rest}"
+
+
+def _published_state_dict(obj) -> Tuple[Dict[str, torch.Tensor], Dict[str, str], str]:
+    """The published network inside a loaded file, in the ImageNet layout without the
+    DataParallel prefix.
+
+    Returns:
+        (state dict, {its key: the key as written in the file}, format), format being
+        "imagenet", "detectron.pytorch FPN" or "detectron.pytorch"; ({}, {}, "") for anything
+        else.
+    """
+    if not isinstance(obj, dict):
+        return {}, {}, ""
+    model = obj.get("model")
+    if isinstance(model, dict) and model and all(isinstance(k, str) for k in model):
+        for prefix in DETECTRON_PYTORCH_PREFIXES:
+            if f"{prefix}res1.conv1.weight" in model:
+                out, names = OrderedDict(), {}
+                for k, v in model.items():
+                    # A key outside the prefix stays as it is: the converter then names it.
+                    new = _imagenet_key_of_detectron_pytorch(
+                        k[len(prefix) :] if k.startswith(prefix) else k
+                    )
+                    out[new], names[new] = v, k
+                fmt = "detectron.pytorch FPN" if prefix.count(".") == 2 else "detectron.pytorch"
+                return out, names, fmt
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) for k in sd):
+        return {}, {}, ""
+    if all(k.startswith("module.") for k in sd):
+        out = OrderedDict((k[len("module.") :], v) for k, v in sd.items())
+        return out, {k: "module." + k for k in out}, "imagenet"
+    return sd, {k: k for k in sd}, "imagenet"
 
 
 def is_published_sn_state_dict(obj) -> bool:
-    """Whether a loaded file looks like a published ImageNet SN checkpoint."""
-    sd, _ = _published_state_dict(obj)
-    return "conv1.weight" in sd and "sn1.mean_weight" in sd
+    """Whether a loaded file looks like a published SN ResNet: an ImageNet checkpoint, or a
+    backbone in the authors' Detectron.pytorch layout."""
+    return bool(published_format(obj))
+
+
+def published_format(obj) -> str:
+    """The layout of a published SN ResNet: "imagenet", "detectron.pytorch FPN" or
+    "detectron.pytorch" (see the module doc); "" when ``obj`` is not one."""
+    sd, _, fmt = _published_state_dict(obj)
+    return fmt if "conv1.weight" in sd and "sn1.mean_weight" in sd else ""
 
 
 def _target_key(key: str, old: str) -> Tuple[str, str]:
@@ -107,17 +168,18 @@ def convert_published_state_dict(obj) -> Tuple["OrderedDict[str, torch.Tensor]",
         CheckpointConversionError: not an SN checkpoint, unknown keys, shapes that do not fit,
             or a mix of layers with and without BN statistics.
     """
-    sd, prefix = _published_state_dict(obj)
+    sd, names, _ = _published_state_dict(obj)
     if not is_published_sn_state_dict(obj):
         raise CheckpointConversionError(
-            "this is not a published ImageNet SN checkpoint (expected a 'state_dict' with "
-            "'module.conv1.weight' and 'module.sn1.*' keys)"
+            "this is not a published SN ResNet checkpoint (expected an ImageNet 'state_dict' "
+            "with 'module.conv1.weight' and 'module.sn1.*' keys, or a Detectron.pytorch "
+            "'model' with 'Conv_Body.[conv_body.]res1.conv1.weight' and 'res1.sn1.*' keys)"
         )
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     report: List[str] = []
     switch_sizes = set()
     for key, value in sd.items():
-        old = prefix + key  # as written in the file, for messages
+        old = names[key]  # as written in the file, for messages
         if not isinstance(value, torch.Tensor):
             raise CheckpointConversionError(f"{old!r} holds a {type(value).__name__}, not a tensor")
         new, kind = _target_key(key, old)
@@ -188,13 +250,29 @@ def converted_checkpoint(state_dict, meta) -> dict:
 
 
 def save_atomically(obj, dst: str) -> None:
-    """torch.save to a temporary file next to ``dst``, then rename: no half-written output."""
+    """Write a checkpoint dict to ``dst`` through a temporary file next to it and a rename, so
+    that ``dst`` is never half-written.
+
+    The format follows detectron2's convention for the name: ``.pkl`` is a pickled dict whose
+    ``"model"`` maps names to numpy arrays (what detectron2's DetectionCheckpointer reads with
+    pickle; ``"__author__"`` and ``"matching_heuristics"`` as in ``obj``), anything else is
+    ``torch.save``.
+    """
     folder = os.path.dirname(os.path.abspath(dst))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    as_pickle = dst.endswith(".pkl")
+    if as_pickle:
+        obj = dict(obj)
+        obj["model"] = {k: v.detach().cpu().numpy() for k, v in obj["model"].items()}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(dst)[1], dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if as_pickle:
+                # Protocol 4: numpy arrays pickle through _reconstruct (protocol 5 names
+                # numpy._frombuffer), which sn_det's data-only unpickler admits.
+                pickle.dump(obj, f, protocol=4)
+            else:
+                torch.save(obj, f)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):

@@ -4,9 +4,12 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .mapper import CheckedMapper, DatasetFileError
 from .synthetic import SYNTH_SPLITS, ensure_synthetic_dataset, register_synthetic_datasets
 
 __all__ = [
+    "CheckedMapper",
+    "DatasetFileError",
     "prepare_datasets",
     "ensure_synthetic_dataset",
     "register_synthetic_datasets",

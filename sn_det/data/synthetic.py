@@ -7,9 +7,13 @@ on first use (about 2 s) into a cache folder, and registered with detectron2 as 
 json + images, so ``COCOEvaluator`` and pycocotools read it like any COCO dataset.
 
 Registered names: ``sn_synth_train`` (400 images) and ``sn_synth_val`` (60 images), 128x128.
-Cache folder: ``$SN_DET_DATASETS`` or ``~/.cache/sn_det/datasets``.
+Cache folder: ``$SN_DET_DATASETS`` or ``~/.cache/sn_det/datasets``. The folder keeps a
+manifest of the SHA-256 of every file (``MANIFEST.json``); a cache whose files do not match
+it (a truncated annotation file, an overwritten image) is regenerated, with a warning naming
+the damaged files, once per process before the data is first read.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -32,7 +36,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-VERSION = "v1"  # bump when the generator changes, so stale caches are never reused
+# Bump when the generator or the cache layout changes, so that stale caches are never reused
+# (v2: the cache carries MANIFEST.json).
+VERSION = "v2"
 IMAGE_SIZE = 128
 CATEGORIES = [
     {"id": 1, "name": "circle"},
@@ -137,26 +143,81 @@ def _generate_split(root: str, name: str, num_images: int, seed: int) -> None:
         json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
 
 
-def _is_complete(root: str) -> bool:
+MANIFEST = "MANIFEST.json"  # {path relative to the root: sha256 hex digest}
+_verified = set()  # roots checked against their manifest in this process
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dataset_files(root: str) -> List[str]:
+    """Every file the dataset consists of, relative to ``root``: annotations and images."""
+    files = []
     for name, (num_images, _) in SYNTH_SPLITS.items():
         json_file, image_dir = _paths(root, name)
-        if not os.path.isfile(json_file) or not os.path.isdir(image_dir):
-            return False
-        if len([f for f in os.listdir(image_dir) if f.endswith(".png")]) != num_images:
-            return False
-    return os.path.isfile(os.path.join(root, "COMPLETE"))
+        files.append(os.path.relpath(json_file, root))
+        files += [
+            os.path.relpath(os.path.join(image_dir, f"{i:05d}.png"), root)
+            for i in range(num_images)
+        ]
+    return files
+
+
+def _write_manifest(root: str) -> None:
+    manifest = {rel: _sha256(os.path.join(root, rel)) for rel in _dataset_files(root)}
+    with open(os.path.join(root, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=0, sort_keys=True)
+
+
+def _damaged_files(root: str) -> List[str]:
+    """Files of the cache at ``root`` that are missing or differ from its manifest (the
+    manifest itself, when it is missing or unreadable: an older or interrupted cache)."""
+    try:
+        with open(os.path.join(root, MANIFEST)) as f:
+            manifest = json.load(f)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a dict")
+    except (OSError, ValueError):
+        return [MANIFEST]
+    damaged = []
+    for rel in _dataset_files(root):
+        path = os.path.join(root, rel)
+        if rel not in manifest or not os.path.isfile(path) or _sha256(path) != manifest[rel]:
+            damaged.append(rel)
+    return damaged
+
+
+def _is_complete(root: str) -> bool:
+    return os.path.isdir(root) and not _damaged_files(root)
 
 
 def ensure_synthetic_dataset() -> str:
-    """Generate the dataset if it is missing or incomplete; return its root.
+    """Generate the dataset if it is missing, incomplete or damaged; return its root.
+
+    The first call in a process checks every file against the manifest (about 20 MB to
+    hash); later calls trust that check.
 
     Generation writes into a temporary sibling folder and renames it into place, so a reader
     never sees a half-written dataset, and concurrent processes (multi-process training) do
     not interfere: the first rename wins and the others discard their copy.
     """
     root = synthetic_root()
-    if _is_complete(root):
+    if root in _verified and os.path.isdir(root):
         return root
+    if os.path.isdir(root):
+        damaged = _damaged_files(root)
+        if not damaged:
+            _verified.add(root)
+            return root
+        logger.warning(
+            f"The synthetic dataset cache {root} is damaged ({len(damaged)} files missing or "
+            f"not matching its {MANIFEST}, e.g. {', '.join(damaged[:3])}): regenerating it"
+        )
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     logger.info(f"Generating the synthetic dataset into {root} ...")
@@ -164,7 +225,7 @@ def ensure_synthetic_dataset() -> str:
     try:
         for name, (num_images, seed) in SYNTH_SPLITS.items():
             _generate_split(tmp, name, num_images, seed)
-        open(os.path.join(tmp, "COMPLETE"), "w").close()
+        _write_manifest(tmp)  # last: a folder with a manifest is complete
         if os.path.exists(root) and not _is_complete(root):
             shutil.rmtree(root, ignore_errors=True)  # a damaged copy: replace it
         try:
@@ -174,12 +235,14 @@ def ensure_synthetic_dataset() -> str:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _verified.add(root)
     return root
 
 
 def _load(name: str):
     json_file, image_dir = _paths(ensure_synthetic_dataset(), name)
-    return load_coco_json(json_file, image_dir, name)
+    # The annotation ids come along, so that a warning about one can name it.
+    return load_coco_json(json_file, image_dir, name, extra_annotation_keys=["id"])
 
 
 def register_synthetic_datasets() -> None:

@@ -35,6 +35,33 @@ def _check_weights(cfg, resume: bool) -> None:
     )
 
 
+def _check_batch_average(cfg) -> None:
+    """Batch-average mode only accumulates sums while training; without the pass that turns
+    them into statistics (TEST.SN_BATCH_AVG), evaluation would normalise with raw sums."""
+    sn = cfg.MODEL.SN
+    if not sn.USING_MOVING_AVERAGE and sn.USING_BN and not cfg.TEST.SN_BATCH_AVG.ENABLED:
+        raise ConfigError(
+            "MODEL.SN.USING_MOVING_AVERAGE False accumulates running sums that only the "
+            "batch-average pass finalises, and TEST.SN_BATCH_AVG.ENABLED is False, so "
+            "evaluation would use unfinished statistics; add TEST.SN_BATCH_AVG.ENABLED True "
+            "(or set MODEL.SN.USING_MOVING_AVERAGE True)"
+        )
+
+
+def _check_batch_size(cfg, args) -> None:
+    """detectron2 splits SOLVER.IMS_PER_BATCH evenly over the processes (and asserts so deep
+    inside its data loader). Evaluation alone reads no training batches, unless it
+    batch-averages SN statistics."""
+    if getattr(args, "eval_only", False) and not cfg.TEST.SN_BATCH_AVG.ENABLED:
+        return
+    world = getattr(args, "num_gpus", 1) * getattr(args, "num_machines", 1)
+    if world > 1 and cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} does not divide evenly over "
+            f"{world} processes (--num-gpus x --num-machines); make it a multiple of {world}"
+        )
+
+
 def load_cfg(config_file: str, opts=(), config_adders=()) -> CfgNode:
     """get_cfg + sn_det's keys + the file + ``KEY VALUE`` opts, not frozen and not checked
     beyond parsing (for tools that only build a model, e.g. tools/visualize_sn.py).
@@ -70,7 +97,9 @@ def setup_cfg(args, default=True, config_adders=()):
 
     Raises:
         ConfigError: a missing or unreadable config file, a key typo, an unknown norm or
-            dataset, a missing dataset path, or a CUDA device on a machine without one.
+            dataset, a missing dataset path, a CUDA device on a machine without one, SN
+            batch-average mode without the averaging pass, or a batch that does not divide
+            over the processes.
     """
     cfg = load_cfg(args.config_file, args.opts, config_adders)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -79,6 +108,8 @@ def setup_cfg(args, default=True, config_adders=()):
             "add 'MODEL.DEVICE cpu' to the command line"
         )
     _check_weights(cfg, resume=getattr(args, "resume", False))
+    _check_batch_average(cfg)
+    _check_batch_size(cfg, args)
     try:
         check_norm_config(cfg)
         prepare_datasets(cfg)

@@ -4,7 +4,7 @@ import logging
 import os
 import weakref
 
-from detectron2.data import build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
@@ -14,6 +14,7 @@ from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 
 from ..checkpoint import SNDetectionCheckpointer
+from ..data import CheckedMapper
 from ..data.resumable_loader import ResumableTrainLoader
 from .batch_average import recompute_sn_batch_statistics
 from .hooks import SNBatchAverage, SNImportanceLogger
@@ -55,7 +56,10 @@ class Trainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SNDetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            min_loaded_fraction=cfg.MODEL.MIN_LOADED_FRACTION,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -111,10 +115,12 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """detectron2's training loader for the config (same dataset, mapper, sampler, batch
-        contents), as a :class:`ResumableTrainLoader` whose position the checkpoints hold."""
+        contents), as a :class:`ResumableTrainLoader` whose position the checkpoints hold; a
+        bad image or annotation names its file (CheckedMapper)."""
         # detectron2's own reading of the config (private, but it is what
         # build_detection_train_loader(cfg) calls): the sampler choice stays theirs.
-        args = _train_loader_from_config(cfg)
+        mapper = CheckedMapper(DatasetMapper(cfg, True), cfg.MODEL.MASK_ON)
+        args = _train_loader_from_config(cfg, mapper=mapper)
         if not isinstance(args["dataset"], list):  # an IterableDataset has no index stream
             logging.getLogger(__name__).warning(
                 "The training dataset is not a list: detectron2's loader is used, and a "
@@ -157,6 +163,12 @@ class Trainer(DefaultTrainer):
         loader_cfg.defrost()
         loader_cfg.DATALOADER.NUM_WORKERS = 0
         return cls.build_train_loader(loader_cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # Test-time mapping drops the annotations, so only images are checked.
+        mapper = CheckedMapper(DatasetMapper(cfg, False), mask_on=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

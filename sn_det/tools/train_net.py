@@ -7,6 +7,7 @@ checkpoints and metrics to OUTPUT_DIR; every test set is evaluated with COCOEval
 A project reuses it with its own trainer and config keys (see :func:`invoke_main`).
 """
 
+import logging
 import os
 import sys
 from typing import Callable, Sequence
@@ -16,8 +17,24 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
+from sn_det.data import DatasetFileError
 from sn_det.engine import ConfigError, Trainer, setup_cfg
 from sn_det.engine.parent_watch import exit_with_parent
+
+# Errors whose message is one sentence for the user: printed as "error: ..." with exit 2.
+USER_ERRORS = (ConfigError, CheckpointConversionError, DatasetFileError)
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """detectron2's training loop logs every exception with its traceback before re-raising
+    it; for a user error the sentence printed on exit says it all."""
+
+    def filter(self, record):
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.msg, record.args = f"{record.msg} {record.exc_info[1]}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
 
 EXAMPLES = """examples:
   # tiny SN Mask R-CNN on the embedded synthetic data (CPU, under a minute):
@@ -38,9 +55,9 @@ def main(args, trainer_cls=Trainer, config_adders: Sequence[Callable] = ()):
     cfg = setup_cfg(args, config_adders=config_adders)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        SNDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        SNDetectionCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, min_loaded_fraction=cfg.MODEL.MIN_LOADED_FRACTION
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = trainer_cls.test_with_sn_batch_average(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
@@ -54,9 +71,10 @@ def main(args, trainer_cls=Trainer, config_adders: Sequence[Callable] = ()):
 def _main_or_exit(args, trainer_cls, config_adders, launcher_pid=None):
     if launcher_pid is not None:
         exit_with_parent(launcher_pid)  # no orphans training on when the launcher is killed
+    logging.getLogger("detectron2.engine.train_loop").addFilter(_NoTracebackForUserErrors())
     try:
         result = main(args, trainer_cls, config_adders)
-    except (ConfigError, CheckpointConversionError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if comm.get_world_size() > 1:

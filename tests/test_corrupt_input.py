@@ -1,0 +1,287 @@
+"""Damaged and wrong input through tools/train_net.py: one sentence naming the file and exit 2
+(or, for the dataset cache, a repair with a warning)."""
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sn_det.data import synthetic
+from sn_det.data.mapper import CheckedMapper, DatasetFileError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
+
+
+def train_net(*opts, env=None, timeout=300):
+    proc = subprocess.run(
+        [sys.executable, TRAIN_NET, *opts],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def one_sentence_exit_2(code, log, *expected):
+    assert code == 2, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("error: "), last
+    for text in expected:
+        assert text in last, last
+    return last
+
+
+# --- checkpoints given as MODEL.WEIGHTS ----------------------------------------------------
+
+
+def _text_pkl(path):
+    with open(path, "w") as f:
+        f.write("these are not weights\n" * 5)
+
+
+def _non_array_pkl(path):
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"backbone.stem.conv1.weight": "oops"}, "__author__": "me"}, f)
+
+
+def _torchvision_resnet18(path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+
+
+@pytest.mark.parametrize(
+    "name,make,expected",
+    [
+        ("text.pkl", _text_pkl, "is not a readable checkpoint"),
+        ("strings.pkl", _non_array_pkl, "'backbone.stem.conv1.weight' is a str, not a weight"),
+        ("resnet18.pth", _torchvision_resnet18, "fills only 0.0% of the model weights"),
+    ],
+)
+def test_bad_weights_file_is_one_sentence(tmp_path, name, make, expected):
+    path = str(tmp_path / name)
+    make(path)
+    code, log = train_net(
+        "--config-file",
+        INSTANT,
+        "MODEL.WEIGHTS",
+        path,
+        "SOLVER.MAX_ITER",
+        "1",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+    )
+    one_sentence_exit_2(code, log, path, expected)
+    # ~77 lines of "Skip loading" / missing-key warnings are not printed before refusing.
+    assert "Some model parameters or buffers are not found" not in log
+
+
+# --- config checks (at setup, before any worker starts) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags,opts,expected",
+    [
+        ([], ["MODEL.SN.USING_MOVING_AVERAGE", "False"], "add TEST.SN_BATCH_AVG.ENABLED True"),
+        (
+            ["--num-gpus", "3"],
+            [],
+            "SOLVER.IMS_PER_BATCH 2 does not divide evenly over 3 processes",
+        ),
+    ],
+)
+def test_config_refused_with_the_fix(flags, opts, expected):
+    code, log = train_net(*flags, "--config-file", INSTANT, *opts, timeout=120)
+    one_sentence_exit_2(code, log, expected)
+
+
+def test_batch_average_mode_with_the_pass_is_accepted():
+    from argparse import Namespace
+
+    from sn_det.engine import setup_cfg
+
+    args = Namespace(
+        config_file=INSTANT,
+        opts=["MODEL.SN.USING_MOVING_AVERAGE", "False", "TEST.SN_BATCH_AVG.ENABLED", "True"],
+        num_gpus=2,
+        num_machines=1,
+        eval_only=False,
+        resume=False,
+    )
+    cfg = setup_cfg(args, default=False)
+    assert not cfg.MODEL.SN.USING_MOVING_AVERAGE
+
+
+# --- the synthetic dataset cache -----------------------------------------------------------
+
+
+def test_damaged_cache_is_regenerated(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SN_DET_DATASETS", str(tmp_path))
+    monkeypatch.setattr(synthetic, "_verified", set())
+    root = synthetic.ensure_synthetic_dataset()
+    ann = os.path.join(root, "annotations", "instances_val.json")
+    img = os.path.join(root, "train", "00007.png")
+    with open(ann, "rb") as f:
+        ann_bytes = f.read()
+    pixels = cv2.imread(img)
+
+    with open(ann, "r+b") as f:
+        f.truncate(len(ann_bytes) // 2)  # an interrupted write
+    shutil.copy(os.path.join(root, "train", "00008.png"), img)  # an overwritten image
+    monkeypatch.setattr(synthetic, "_verified", set())  # a new process
+    with caplog.at_level(logging.WARNING, logger="sn_det.data.synthetic"):
+        synthetic.ensure_synthetic_dataset()
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{root} is damaged (2 files" in warning
+    assert "annotations/instances_val.json" in warning and "train/00007.png" in warning
+    with open(ann, "rb") as f:
+        assert f.read() == ann_bytes
+    assert np.array_equal(cv2.imread(img), pixels)
+    assert synthetic._damaged_files(root) == []
+
+
+def test_train_net_repairs_a_damaged_cache(tmp_path):
+    env = {"SN_DET_DATASETS": str(tmp_path)}
+    subprocess.run(
+        [sys.executable, "-c", "import sn_det.data as d; d.ensure_synthetic_dataset()"],
+        env={**os.environ, **env},
+        check=True,
+        timeout=120,
+    )
+    root = os.path.join(str(tmp_path), f"sn_synth_{synthetic.VERSION}")
+    ann = os.path.join(root, "annotations", "instances_train.json")
+    with open(ann, "r+b") as f:
+        f.truncate(1000)
+    code, log = train_net(
+        "--config-file",
+        INSTANT,
+        "SOLVER.MAX_ITER",
+        "1",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        env=env,
+    )
+    assert code == 0, log[-3000:]
+    assert f"{root} is damaged (1 files missing or not matching its MANIFEST.json" in log
+    with open(ann) as f:
+        json.load(f)
+
+
+# --- a COCO-style dataset with a corrupt image or an empty segmentation ---------------------
+
+
+def coco_style_dataset(folder, num_images=4):
+    """A tiny copy of the synthetic data laid out as $DETECTRON2_DATASETS/coco/ (train2017),
+    with COCO's categories, so that detectron2's builtin coco_2017_train reads it."""
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    src_root = synthetic.ensure_synthetic_dataset()
+    with open(os.path.join(src_root, "annotations", "instances_train.json")) as f:
+        data = json.load(f)
+    images = data["images"][:num_images]
+    keep = {im["id"] for im in images}
+    coco = os.path.join(folder, "coco")
+    os.makedirs(os.path.join(coco, "annotations"))
+    os.makedirs(os.path.join(coco, "train2017"))
+    for im in images:
+        shutil.copy(
+            os.path.join(src_root, "train", im["file_name"]),
+            os.path.join(coco, "train2017", im["file_name"]),
+        )
+    data = {
+        "images": images,
+        "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+        "categories": [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]],
+    }
+    return coco, data
+
+
+def _write(coco, data):
+    with open(os.path.join(coco, "annotations", "instances_train2017.json"), "w") as f:
+        json.dump(data, f)
+
+
+def _train_on(folder):
+    return train_net(
+        "--config-file",
+        INSTANT,
+        "DATASETS.TRAIN",
+        "('coco_2017_train',)",
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100",
+        "OUTPUT_DIR",
+        os.path.join(folder, "out"),
+        env={"DETECTRON2_DATASETS": folder},
+    )
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    coco, data = coco_style_dataset(str(tmp_path))
+    _write(coco, data)
+    bad = os.path.join(coco, "train2017", data["images"][2]["file_name"])
+    with open(bad, "r+b") as f:
+        f.truncate(os.path.getsize(bad) // 3)  # "image file is truncated"
+    code, log = _train_on(str(tmp_path))
+    one_sentence_exit_2(code, log, f"error: {bad} is not a readable image", "truncated")
+
+
+def test_empty_segmentation_is_skipped_with_a_warning_naming_it(tmp_path):
+    coco, data = coco_style_dataset(str(tmp_path))
+    first = data["images"][0]
+    ann = next(a for a in data["annotations"] if a["image_id"] == first["id"])
+    ann["segmentation"] = []
+    _write(coco, data)
+    code, log = _train_on(str(tmp_path))
+    assert code == 0, log[-3000:]
+    assert (
+        f"{os.path.join(coco, 'train2017', first['file_name'])}: skipping 1 instance(s) without "
+        "a segmentation" in log
+    )
+
+
+def test_checked_mapper_names_annotation_ids_and_keeps_the_rest():
+    seen = []
+    mapper = CheckedMapper(lambda d: seen.append(d) or d, mask_on=True)
+    anns = [
+        {"id": 11, "segmentation": [[0, 0, 4, 0, 4, 4]], "iscrowd": 0},
+        {"id": 12, "segmentation": [], "iscrowd": 0},
+        {"id": 13, "iscrowd": 0},  # load_coco_json drops an empty segmentation entirely
+        {"id": 14, "segmentation": {"counts": "x", "size": [4, 4]}, "iscrowd": 1},
+    ]
+    out = mapper({"file_name": "a.png", "annotations": anns})
+    assert [a["id"] for a in out["annotations"]] == [11, 14]
+    boxes_only = CheckedMapper(lambda d: d, mask_on=False)
+    assert len(boxes_only({"file_name": "a.png", "annotations": anns})["annotations"]) == 4
+
+
+def test_dataset_file_error_survives_a_dataloader_worker():
+    # torch re-creates the exception in the main process from the worker's traceback text.
+    text = (
+        "Caught DatasetFileError in DataLoader worker process 0.\nOriginal Traceback (most "
+        'recent call last):\n  File "x.py", line 1, in f\nsn_det.data.mapper.DatasetFileError: '
+        "/d/a.png is not a readable image (OSError: image file is truncated)\n"
+    )
+    assert str(DatasetFileError(text)) == (
+        "/d/a.png is not a readable image (OSError: image file is truncated)"
+    )
