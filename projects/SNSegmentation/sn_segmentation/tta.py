@@ -40,6 +40,9 @@ class SemanticSegmentorWithTTA(nn.Module):
         if isinstance(model, DistributedDataParallel):
             model = model.module
         self.model = model
+        # Start in the model's mode: inference_on_dataset restores the wrapper's mode after
+        # evaluating, which would otherwise switch an eval-mode model to training.
+        self.train(model.training)
         self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
         self.batch_size = batch_size
 
