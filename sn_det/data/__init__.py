@@ -6,6 +6,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .mapper import CheckedMapper, DatasetFileError
 from .synthetic import SYNTH_SPLITS, ensure_synthetic_dataset, register_synthetic_datasets
+from .synthetic_semseg import (
+    SEMSEG_SPLITS,
+    ensure_synthetic_semseg_dataset,
+    register_synthetic_semseg_datasets,
+)
 
 __all__ = [
     "CheckedMapper",
@@ -14,16 +19,25 @@ __all__ = [
     "ensure_synthetic_dataset",
     "register_synthetic_datasets",
     "SYNTH_SPLITS",
+    "ensure_synthetic_semseg_dataset",
+    "register_synthetic_semseg_datasets",
+    "SEMSEG_SPLITS",
 ]
 
 register_synthetic_datasets()
+register_synthetic_semseg_datasets()
+
+# Metadata attributes naming where a registered dataset's files live: COCO-style
+# (json_file, image_root), detectron2's sem_seg sets such as ADE20K (sem_seg_root) and
+# Cityscapes (image_dir, gt_dir).
+_PATH_ATTRS = ("json_file", "image_root", "sem_seg_root", "image_dir", "gt_dir")
 
 
 def prepare_datasets(cfg) -> None:
     """Make every dataset in ``DATASETS.TRAIN``/``DATASETS.TEST`` ready to read.
 
-    Generates the synthetic set if it is named, and checks that the files of other
-    COCO-style datasets exist, so a missing path is one clear error up front instead of a
+    Generates the synthetic sets if they are named, and checks that the files of other
+    datasets (COCO-style, ADE20K, Cityscapes) exist, so a missing path is one clear error up front instead of a
     traceback from inside a data loader or evaluator.
 
     Raises:
@@ -35,17 +49,29 @@ def prepare_datasets(cfg) -> None:
             if name in SYNTH_SPLITS:
                 ensure_synthetic_dataset()
                 continue
+            if name in SEMSEG_SPLITS:
+                ensure_synthetic_semseg_dataset()
+                continue
             if name not in DatasetCatalog.list():
                 raise KeyError(
                     f"{key} names {name!r}, which is not a registered dataset; registered are "
                     f"e.g. {', '.join(sorted(SYNTH_SPLITS))}, coco_2017_train, coco_2017_val"
                 )
             meta = MetadataCatalog.get(name)
-            for attr in ("json_file", "image_root"):
+            for attr in _PATH_ATTRS:
                 path = meta.get(attr, None)
                 if path and not os.path.exists(path):
                     raise FileNotFoundError(
                         f"{key} names {name!r}, whose {attr} {path} does not exist; put the "
-                        "dataset there, or set DETECTRON2_DATASETS to the folder that holds "
-                        "coco/ (see the README, 'Using real COCO')"
+                        f"dataset there, or set DETECTRON2_DATASETS to the folder that holds "
+                        f"{_folder_hint(name)}"
                     )
+
+
+def _folder_hint(name: str) -> str:
+    """The folder under DETECTRON2_DATASETS that detectron2's builtin registration reads."""
+    if name.startswith("ade20k"):
+        return "ADEChallengeData2016/ (see projects/SNSegmentation/README.md)"
+    if name.startswith("cityscapes"):
+        return "cityscapes/ (see projects/SNSegmentation/README.md)"
+    return "coco/ (see the README, 'Using real COCO')"
