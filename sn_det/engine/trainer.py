@@ -12,6 +12,7 @@ from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 
 from ..checkpoint import SNDetectionCheckpointer
+from ..modeling import build_model
 from .batch_average import recompute_sn_batch_statistics
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer
@@ -100,6 +101,14 @@ class Trainer(DefaultTrainer):
         loader_cfg.defrost()
         loader_cfg.DATALOADER.NUM_WORKERS = 0
         return cls.build_train_loader(loader_cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """:func:`sn_det.modeling.build_model`: every norm key may name an sn_det norm, with
+        detectron2's stock builders too."""
+        model = build_model(cfg)
+        logging.getLogger(__name__).info("Model:\n{}".format(model))
+        return model
 
     @classmethod
     def build_optimizer(cls, cfg, model):
