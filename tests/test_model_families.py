@@ -7,10 +7,10 @@ tiny heads, is built on the CPU by ``sn_det.modeling.build_model``, and trains o
 import pytest
 import torch
 from detectron2 import model_zoo
-from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 
+from family_testing import assert_sn_where_expected
 from sn_det.config import get_sn_cfg
 from sn_det.layers import SwitchNorm2d
 from sn_det.modeling import CycleSwitchNorm, build_model, check_norm_config, norm_keys
@@ -95,18 +95,6 @@ def train_step(model):
     model.eval()
     with torch.no_grad():
         model([{"image": b["image"]} for b in batch()])
-
-
-def assert_sn_where_expected(model, parts):
-    for name, m in model.named_modules():
-        assert not isinstance(
-            m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, FrozenBatchNorm2d)
-        ), f"{name} is {type(m).__name__}, but every norm key says SN"
-        if isinstance(m, Conv2d) and isinstance(m.norm, SwitchNorm2d):
-            assert m.bias is None, f"{name} has a bias although SN follows"
-    sn_names = [n for n, m in model.named_modules() if isinstance(m, SwitchNorm2d)]
-    for part in parts:
-        assert any(n.startswith(part) for n in sn_names), f"no SN under {part}"
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

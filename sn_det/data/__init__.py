@@ -1,19 +1,35 @@
-"""Datasets: the embedded synthetic set, and an early check that configured data exists."""
+"""Datasets: the embedded synthetic sets, and an early check that configured data exists."""
 
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .synthetic import SYNTH_SPLITS, ensure_synthetic_dataset, register_synthetic_datasets
+from .synthetic_keypoints import (
+    KEYPOINT_SPLITS,
+    ensure_keypoint_dataset,
+    register_keypoint_datasets,
+)
 
 __all__ = [
     "prepare_datasets",
     "ensure_synthetic_dataset",
     "register_synthetic_datasets",
     "SYNTH_SPLITS",
+    "KEYPOINT_SPLITS",
+    "ensure_keypoint_dataset",
+    "register_keypoint_datasets",
+    "GENERATED_DATASETS",
 ]
 
 register_synthetic_datasets()
+register_keypoint_datasets()
+
+# The embedded datasets, generated on first use: name -> the function that makes it ready.
+GENERATED_DATASETS = {
+    **{name: ensure_synthetic_dataset for name in SYNTH_SPLITS},
+    **{name: ensure_keypoint_dataset for name in KEYPOINT_SPLITS},
+}
 
 
 def prepare_datasets(cfg) -> None:
@@ -29,13 +45,13 @@ def prepare_datasets(cfg) -> None:
     """
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         for name in getattr(cfg.DATASETS, key.split(".")[1]):
-            if name in SYNTH_SPLITS:
-                ensure_synthetic_dataset()
+            if name in GENERATED_DATASETS:
+                GENERATED_DATASETS[name]()
                 continue
             if name not in DatasetCatalog.list():
                 raise KeyError(
                     f"{key} names {name!r}, which is not a registered dataset; registered are "
-                    f"e.g. {', '.join(sorted(SYNTH_SPLITS))}, coco_2017_train, coco_2017_val"
+                    f"e.g. {', '.join(sorted(GENERATED_DATASETS))}, coco_2017_train, coco_2017_val"
                 )
             meta = MetadataCatalog.get(name)
             for attr in ("json_file", "image_root"):

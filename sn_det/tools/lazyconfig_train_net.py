@@ -33,7 +33,7 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, ListConfig
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
-from sn_det.data import SYNTH_SPLITS, ensure_synthetic_dataset
+from sn_det.data import GENERATED_DATASETS
 from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
 from sn_det.lazy import resolve_lazy_norms
 
@@ -128,8 +128,8 @@ def do_train(args, cfg):
 def main(args):
     cfg = load_lazy_config(args.config_file, args.opts)
     for name in set(_dataset_names(cfg.dataloader)):
-        if name in SYNTH_SPLITS:
-            ensure_synthetic_dataset()
+        if name in GENERATED_DATASETS:
+            GENERATED_DATASETS[name]()
     default_setup(cfg, args)
     if args.eval_only:
         model = instantiate(cfg.model)

@@ -1,0 +1,96 @@
+"""The model-family recipes: where their SN layers are, and their tiny embedded-data variants
+trained for a few iterations and evaluated by the evaluator the dataset calls for, whose
+numbers are checked against pycocotools run here on the written predictions."""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from detectron2.data import MetadataCatalog
+from family_testing import assert_sn_where_expected
+
+from sn_det.config import get_sn_cfg
+from sn_det.data.synthetic_keypoints import KEYPOINT_OKS_SIGMAS
+from sn_det.engine import Trainer, setup_cfg
+from sn_det.modeling import CycleSwitchNorm, build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# recipe -> module-name prefixes that must hold SN layers (and no other norm anywhere).
+RECIPES = {
+    "retinanet_R_50_FPN_1x_sn.yaml": ("backbone.bottom_up.", "backbone.fpn_", "head.cls_subnet."),
+    "keypoint_rcnn_R_50_FPN_1x_sn.yaml": ("backbone.bottom_up.", "backbone.fpn_"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_has_sn_in_every_norm(recipe):
+    cfg = get_sn_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "sn_baselines", recipe))
+    cfg.MODEL.DEVICE = "cpu"
+    assert not cfg.MODEL.BACKBONE.NAME.startswith("build_sn_")  # detectron2's stock builder
+    assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.BACKBONE.FREEZE_AT == 2
+    assert cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0 and cfg.INPUT.FORMAT == "RGB"
+    model = build_model(cfg)
+    assert_sn_where_expected(model, RECIPES[recipe])
+    if recipe.startswith("retinanet"):
+        assert isinstance(model.head.cls_subnet[1], CycleSwitchNorm)
+
+
+def train_and_evaluate(config, out):
+    args = argparse.Namespace(
+        config_file=os.path.join(REPO, "configs", "quick_schedules", config),
+        opts=["OUTPUT_DIR", str(out)],
+        resume=False,
+    )
+    cfg = setup_cfg(args, default=False)
+    trainer = Trainer(cfg)
+    trainer.train()  # evaluates once at the end (TEST.EVAL_PERIOD 0)
+    return cfg, trainer._last_eval_results
+
+
+def pycocotools_ap(gt_json, results, iou_type, sigmas=None):
+    """COCO AP (x100) of ``results`` computed by pycocotools itself."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = [dict(r) for r in results]
+    if iou_type == "segm":  # as detectron2 does: areas from the masks, not the boxes
+        for r in results:
+            r.pop("bbox", None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_json)
+        ev = COCOeval(gt, gt.loadRes(results), iou_type)
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.array(sigmas)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return 100 * ev.stats[0]
+
+
+@pytest.mark.parametrize(
+    "config,tasks",
+    [
+        ("retinanet_sn_instant_test.yaml", ("bbox",)),
+        ("cascade_mask_rcnn_sn_instant_test.yaml", ("bbox", "segm")),
+        ("keypoint_rcnn_sn_instant_test.yaml", ("bbox", "keypoints")),
+    ],
+)
+def test_quick_schedule_trains_and_evaluates_with_coco(config, tasks, tmp_path):
+    cfg, results = train_and_evaluate(config, tmp_path)
+    assert sorted(results) == sorted(tasks)
+    dataset = cfg.DATASETS.TEST[0]
+    with open(tmp_path / "inference" / dataset / "coco_instances_results.json") as f:
+        predictions = json.load(f)
+    assert predictions, "the evaluation saw no detections"
+    gt_json = MetadataCatalog.get(dataset).json_file
+    for task in tasks:
+        sigmas = KEYPOINT_OKS_SIGMAS if task == "keypoints" else None
+        want = pycocotools_ap(gt_json, predictions, task, sigmas)
+        assert np.isfinite(results[task]["AP"])
+        assert abs(results[task]["AP"] - want) < 1e-3, (task, results[task]["AP"], want)
