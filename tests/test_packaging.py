@@ -15,6 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_config_in_the_repository_is_shipped_and_loads():
+    from detectron2.projects.point_rend import add_pointrend_config
+
     from sn_det.projects.sparse_sn import add_sparse_sn_config
 
     in_repo = sorted(
@@ -31,7 +33,10 @@ def test_every_config_in_the_repository_is_shipped_and_loads():
         ]
     )
     assert model_zoo.list_configs() == in_repo
-    adders = {"projects/SparseSN/": (add_sparse_sn_config,)}
+    adders = {
+        "projects/SparseSN/": (add_sparse_sn_config,),
+        "projects/SNPointRend/": (add_pointrend_config,),
+    }
     for path in in_repo:
         extra = next((a for prefix, a in adders.items() if path.startswith(prefix)), ())
         cfg = model_zoo.get_config(path, extra)  # _BASE_ chains resolve from the shipped folder

@@ -21,24 +21,42 @@ from sn_det.modeling import CycleSwitchNorm, build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+POINTREND = os.path.join("projects", "SNPointRend", "configs")
 # recipe -> module-name prefixes that must hold SN layers (and no other norm anywhere).
 RECIPES = {
-    "retinanet_R_50_FPN_1x_sn.yaml": ("backbone.bottom_up.", "backbone.fpn_", "head.cls_subnet."),
-    "keypoint_rcnn_R_50_FPN_1x_sn.yaml": ("backbone.bottom_up.", "backbone.fpn_"),
+    "configs/sn_baselines/retinanet_R_50_FPN_1x_sn.yaml": (
+        "backbone.bottom_up.",
+        "backbone.fpn_",
+        "head.cls_subnet.",
+    ),
+    "configs/sn_baselines/keypoint_rcnn_R_50_FPN_1x_sn.yaml": (
+        "backbone.bottom_up.",
+        "backbone.fpn_",
+    ),
+    f"{POINTREND}/pointrend_rcnn_R_50_FPN_1x_sn.yaml": ("backbone.bottom_up.", "backbone.fpn_"),
 }
+
+
+def config_adders(path):
+    """PointRend's configs need its keys (as projects/SNPointRend/train_net.py adds them)."""
+    if "SNPointRend" in path:
+        from detectron2.projects.point_rend import add_pointrend_config
+
+        return (add_pointrend_config,)
+    return ()
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_has_sn_in_every_norm(recipe):
-    cfg = get_sn_cfg()
-    cfg.merge_from_file(os.path.join(REPO, "configs", "sn_baselines", recipe))
+    cfg = get_sn_cfg(config_adders(recipe))
+    cfg.merge_from_file(os.path.join(REPO, recipe))
     cfg.MODEL.DEVICE = "cpu"
     assert not cfg.MODEL.BACKBONE.NAME.startswith("build_sn_")  # detectron2's stock builder
     assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.BACKBONE.FREEZE_AT == 2
     assert cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0 and cfg.INPUT.FORMAT == "RGB"
     model = build_model(cfg)
     assert_sn_where_expected(model, RECIPES[recipe])
-    if recipe.startswith("retinanet"):
+    if "retinanet" in recipe:
         assert isinstance(model.head.cls_subnet[1], CycleSwitchNorm)
 
 
@@ -67,9 +85,10 @@ def first_images(dataset, num_images, folder):
 
 
 def train_and_evaluate(config, out, max_iter=4, num_images=12):
-    path = os.path.join(REPO, "configs", "quick_schedules", config)
+    path = os.path.join(REPO, config)
     args = argparse.Namespace(config_file=path, opts=["OUTPUT_DIR", str(out)], resume=False)
-    cfg = setup_cfg(args, default=False)  # generates the embedded data if needed
+    # Generates the embedded data if needed.
+    cfg = setup_cfg(args, default=False, config_adders=config_adders(config))
     test_set = first_images(cfg.DATASETS.TEST[0], num_images, str(out))
     cfg.defrost()
     cfg.DATASETS.TEST = (test_set,)
@@ -103,9 +122,10 @@ def pycocotools_ap(gt_json, results, iou_type, sigmas=None):
 @pytest.mark.parametrize(
     "config,tasks",
     [
-        ("retinanet_sn_instant_test.yaml", ("bbox",)),
-        ("cascade_mask_rcnn_sn_instant_test.yaml", ("bbox", "segm")),
-        ("keypoint_rcnn_sn_instant_test.yaml", ("bbox", "keypoints")),
+        ("configs/quick_schedules/retinanet_sn_instant_test.yaml", ("bbox",)),
+        ("configs/quick_schedules/cascade_mask_rcnn_sn_instant_test.yaml", ("bbox", "segm")),
+        ("configs/quick_schedules/keypoint_rcnn_sn_instant_test.yaml", ("bbox", "keypoints")),
+        (f"{POINTREND}/quick_schedules/pointrend_rcnn_sn_instant_test.yaml", ("bbox", "segm")),
     ],
 )
 def test_quick_schedule_trains_and_evaluates_with_coco(config, tasks, tmp_path):
