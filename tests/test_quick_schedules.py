@@ -34,6 +34,12 @@ RECIPES = {
         "backbone.fpn_",
     ),
     f"{POINTREND}/pointrend_rcnn_R_50_FPN_1x_sn.yaml": ("backbone.bottom_up.", "backbone.fpn_"),
+    "configs/sn_baselines/panoptic_fpn_R_50_1x_sn.yaml": (
+        "backbone.bottom_up.",
+        "backbone.fpn_",
+        "roi_heads.mask_head.",
+        "sem_seg_head.",
+    ),
 }
 
 
