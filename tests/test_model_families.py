@@ -213,3 +213,19 @@ def test_norm_keys_are_found_in_the_config():
     ):
         assert key in keys
     assert "SOLVER.WEIGHT_DECAY_NORM" not in keys  # a number, not a norm name
+
+
+def test_lazyconfig_retinanet_with_sn_gets_per_level_statistics():
+    from sn_det.lazy import resolve_lazy_norms
+    from sn_det.tools.lazyconfig_train_net import build_lazy_model
+
+    cfg = model_zoo.get_config("common/models/retinanet.py")
+    cfg.model.head.norm = "SN"
+    cfg.model.head.conv_dims = [32]
+    cfg.model.backbone.out_channels = 32
+    cfg.model.backbone.bottom_up.stem.norm = "SN"
+    cfg.model.backbone.bottom_up.stages.norm = "SN"
+    resolve_lazy_norms(cfg)
+    model = build_lazy_model(cfg)
+    assert isinstance(model.head.cls_subnet[1], CycleSwitchNorm)
+    assert isinstance(model.backbone.bottom_up.stem.conv1.norm, SwitchNorm2d)

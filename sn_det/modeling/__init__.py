@@ -10,7 +10,7 @@ from .backbone import (
 from .build import build_model, finish_sn_model
 from .importance import GROUPS, TERMS, LayerImportance, importance_ratios, layer_group
 from .norm_config import check_norm_config, norm_keys, with_resolved_norms
-from .retinanet import CycleSwitchNorm, cycle_switch_norms
+from .retinanet import CycleSwitchNorm, cycle_retinanet_switch_norms, cycle_switch_norms
 from .roi_heads import SNFastRCNNConvFCHead, SNMaskRCNNConvUpsampleHead, SNRes5ROIHeads
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -13,12 +13,11 @@ import logging
 
 from detectron2.modeling import build_model as d2_build_model
 from detectron2.modeling.backbone import ResNet
-from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
 from .backbone import freeze_sn_stages, zero_init_last_sn
 from .norm_config import with_resolved_norms
-from .retinanet import cycle_switch_norms
+from .retinanet import cycle_retinanet_switch_norms
 
 __all__ = ["build_model", "finish_sn_model"]
 
@@ -40,9 +39,7 @@ def finish_sn_model(model: nn.Module, cfg) -> nn.Module:
     for module in model.modules():
         if isinstance(module, ResNet):
             freeze_sn_stages(module, cfg.MODEL.BACKBONE.FREEZE_AT)
-        elif isinstance(module, RetinaNetHead):
-            cycle_switch_norms(module)
-    return model
+    return cycle_retinanet_switch_norms(model)
 
 
 def build_model(cfg) -> nn.Module:

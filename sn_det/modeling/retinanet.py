@@ -12,11 +12,12 @@ same problem as BatchNorm's. :class:`CycleSwitchNorm` is SN's counterpart of
 
 import copy
 
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
 from ..layers import SwitchNorm2d
 
-__all__ = ["CycleSwitchNorm", "cycle_switch_norms"]
+__all__ = ["CycleSwitchNorm", "cycle_switch_norms", "cycle_retinanet_switch_norms"]
 
 
 class CycleSwitchNorm(nn.ModuleList):
@@ -60,3 +61,13 @@ def cycle_switch_norms(head: nn.Module) -> nn.Module:
             if isinstance(layer, SwitchNorm2d) and layer.using_bn and levels > 1:
                 tower[i] = CycleSwitchNorm(layer, levels)
     return head
+
+
+def cycle_retinanet_switch_norms(model: nn.Module) -> nn.Module:
+    """:func:`cycle_switch_norms` on every ``RetinaNetHead`` of ``model``, in place (the step
+    a model built outside :func:`sn_det.modeling.build_model`, e.g. from a LazyConfig,
+    needs)."""
+    for module in model.modules():
+        if isinstance(module, RetinaNetHead):
+            cycle_switch_norms(module)
+    return model

@@ -36,6 +36,7 @@ from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.data import GENERATED_DATASETS
 from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
 from sn_det.lazy import resolve_lazy_norms
+from sn_det.modeling import cycle_retinanet_switch_norms
 
 logger = logging.getLogger("sn_det")
 
@@ -80,6 +81,12 @@ def load_lazy_config(path: str, overrides=()):
     return cfg
 
 
+def build_lazy_model(cfg):
+    """``instantiate(cfg.model)``, with per-level SN statistics in a RetinaNet head (as
+    ``sn_det.modeling.build_model`` gives yacs models; detectron2 does it for BN only)."""
+    return cycle_retinanet_switch_norms(instantiate(cfg.model))
+
+
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
@@ -91,7 +98,7 @@ def do_test(cfg, model):
 
 
 def do_train(args, cfg):
-    model = instantiate(cfg.model)
+    model = build_lazy_model(cfg)
     logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
@@ -132,7 +139,7 @@ def main(args):
             GENERATED_DATASETS[name]()
     default_setup(cfg, args)
     if args.eval_only:
-        model = instantiate(cfg.model)
+        model = build_lazy_model(cfg)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
         SNDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
