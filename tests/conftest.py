@@ -17,6 +17,22 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
+# Fixed seed and data in the main process: instant_run is also the uninterrupted reference of
+# the kill -9 and --resume test (tests/test_resume.py), which must end bit-identical to it.
+INSTANT_RUN_ARGS = [
+    "--config-file",
+    INSTANT,
+    "SOLVER.MAX_ITER",
+    "4",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "2",
+    "DATASETS.TEST",
+    "()",
+    "SEED",
+    "0",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+]
 
 
 @pytest.fixture(scope="session")
@@ -24,26 +40,16 @@ def instant_run(tmp_path_factory):
     """A 4-iteration training run of the instant config with checkpoints every 2 iterations
     (model_0000001.pth, model_0000003.pth, model_final.pth) and no evaluation, shared by the
     tests that need a trained checkpoint. Tests that change the folder copy it first.
+    Its arguments are ``INSTANT_RUN_ARGS`` and OUTPUT_DIR.
 
     Returns:
         (output folder, training log).
     """
     out = str(tmp_path_factory.mktemp("instant_run"))
     proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "train_net.py"),
-            "--config-file",
-            INSTANT,
-            "SOLVER.MAX_ITER",
-            "4",
-            "SOLVER.CHECKPOINT_PERIOD",
-            "2",
-            "DATASETS.TEST",
-            "()",
-            "OUTPUT_DIR",
-            out,
-        ],
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py")]
+        + INSTANT_RUN_ARGS
+        + ["OUTPUT_DIR", out],
         capture_output=True,
         text=True,
         timeout=300,

@@ -166,3 +166,35 @@ def test_missing_folder_is_one_sentence_and_exit_2(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: --load-dir {tmp_path / 'nope'} is not a folder"
     ]
+
+
+def test_a_corrupt_checkpoint_is_recorded_as_failed_and_not_retried(instant_run, tmp_path):
+    """A truncated checkpoint among finished ones: recorded with the reason, the next one
+    evaluated; a restart neither stops on it nor tries it again (what a restart skips is
+    what read_done returns, as the restart in the test above shows)."""
+    src, _ = instant_run
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    with open(os.path.join(src, CHECKPOINTS[0]), "rb") as f:
+        data = f.read()
+    with open(os.path.join(run_dir, CHECKPOINTS[0]), "wb") as f:
+        f.write(data[: len(data) // 3])
+    publish(src, run_dir, CHECKPOINTS[2])  # model_final, tagged: the cut one is "finished"
+    command = [sys.executable, TOOL, "--config-file", INSTANT, "--load-dir", run_dir]
+    command += ["--poll", "0.2"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"{CHECKPOINTS[0]} failed (recorded, not retried)" in first.stdout
+    lines = json_lines(run_dir)
+    assert [line["checkpoint"] for line in lines] == [CHECKPOINTS[0], CHECKPOINTS[2]]
+    assert lines[0]["iteration"] is None and "metrics" not in lines[0]
+    assert CHECKPOINTS[0] in lines[0]["failed"], lines[0]  # the loader's sentence, naming it
+    assert lines[1]["iteration"] == 3 and "bbox/AP" in lines[1]["metrics"]
+
+    # A restart reads both as done: it neither stops on the cut one nor evaluates it again.
+    from sn_det.tools import eval_continuous as tool
+
+    assert tool.read_done(os.path.join(run_dir, "continuous_eval.jsonl")) == {
+        CHECKPOINTS[0],
+        CHECKPOINTS[2],
+    }

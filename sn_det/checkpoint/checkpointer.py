@@ -1,5 +1,6 @@
 """A DetectionCheckpointer that loads published ImageNet SN models directly and completely."""
 
+import os
 import re
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -12,6 +13,12 @@ from .convert import (
     converted_checkpoint,
     is_published_sn_state_dict,
     load_checkpoint_file,
+)
+from .resume_files import (
+    CHECKPOINT_NAME,
+    complete_checkpoints,
+    is_complete_checkpoint,
+    write_text_atomically,
 )
 
 __all__ = ["SNDetectionCheckpointer"]
@@ -46,9 +53,55 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
     - for SN backbone checkpoints (converted or published), treats a backbone weight that is
       missing or does not fit as an error instead of detectron2's warning, and refuses a
       checkpoint whose switch weights (with or without the BN term) do not match
-      ``MODEL.SN.USING_BN``, naming the key to change.
-    Everything else (detectron2 checkpoints, resuming) behaves as in detectron2.
+      ``MODEL.SN.USING_BN``, naming the key to change;
+    - writes the ``last_checkpoint`` tag atomically, and resumes from the newest complete
+      checkpoint of the folder, with a warning, when the tag is missing, empty or broken or
+      names a file that is not complete (see ``sn_det.checkpoint.resume_files``).
+    Everything else (detectron2 checkpoints) behaves as in detectron2.
     """
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        # detectron2 rewrites the tag in place: a kill at that moment left it empty.
+        if not os.path.isdir(self.save_dir):  # not a local folder: detectron2's way
+            return super().tag_last_checkpoint(last_filename_basename)
+        write_text_atomically(
+            os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename
+        )
+
+    def tagged_checkpoint_file(self) -> str:
+        """The file ``last_checkpoint`` names, as detectron2 reads it ("" without a tag),
+        unchecked: what a training run has declared finished."""
+        if not super().has_checkpoint():
+            return ""
+        tagged = super().get_checkpoint_file()
+        return tagged if os.path.basename(tagged) else ""  # an empty tag reads as the folder
+
+    def has_checkpoint(self) -> bool:
+        """Whether there is a checkpoint to resume from: a tag, or a complete checkpoint."""
+        return super().has_checkpoint() or bool(complete_checkpoints(self.save_dir))
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint to resume from: the tagged one if it is complete, else the newest
+        complete checkpoint of the folder (with a warning saying why)."""
+        tagged = self.tagged_checkpoint_file()
+        name = os.path.basename(tagged)
+        if CHECKPOINT_NAME.fullmatch(name) and is_complete_checkpoint(tagged):
+            return tagged
+        if tagged and os.path.isfile(tagged) and not CHECKPOINT_NAME.fullmatch(name):
+            return tagged  # a file named by the user: detectron2 loads it as it is
+        if not tagged:
+            why = "the last_checkpoint tag is missing or empty"
+        elif not os.path.isfile(tagged):
+            why = f"the last_checkpoint tag names {name!r}, which does not exist"
+        else:
+            why = f"the tagged {name} is not complete (cut short)"
+        found = [n for n in complete_checkpoints(self.save_dir) if n != name]
+        if not found:
+            return tagged
+        self.logger.warning(
+            f"{why} in {self.save_dir}: resuming from {found[-1]}, the newest complete checkpoint"
+        )
+        return os.path.join(self.save_dir, found[-1])
 
     def _load_file(self, filename):
         # Every format through the one loader that runs no code from the file (detectron2's

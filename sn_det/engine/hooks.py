@@ -53,6 +53,19 @@ class SNBatchAverage(HookBase):
             self._data_iter = iter(self._data_loader)  # reused: each call sees new batches
         recompute_sn_batch_statistics(self._model, self._data_iter, self._num_iter)
 
+    # The position of its data loader (when it has one to save) goes into checkpoints, so a
+    # resumed run averages over the batches an uninterrupted run would have used.
+    def state_dict(self):
+        return (
+            {"data": self._data_loader.state_dict()}
+            if hasattr(self._data_loader, "state_dict")
+            else {}
+        )
+
+    def load_state_dict(self, state):
+        if "data" in state and hasattr(self._data_loader, "load_state_dict"):
+            self._data_loader.load_state_dict(state["data"])
+
 
 class SNImportanceLogger(HookBase):
     """Put the IN/LN/BN shares of every SN layer into the event storage when the model is

@@ -2,8 +2,11 @@
 evaluator choice."""
 
 import logging
+import os
 import weakref
 
+from detectron2.data import build_detection_train_loader
+from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
@@ -11,11 +14,13 @@ from detectron2.utils.logger import setup_logger
 from detectron2.engine import hooks as d2_hooks
 
 from ..checkpoint import SNDetectionCheckpointer
+from ..data.resumable_loader import ResumableTrainLoader
 from ..modeling import build_model
 from .batch_average import recompute_sn_batch_statistics
 from .evaluation import build_evaluator
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer
+from .resume import IsolatedEvalHook, ResumeState
 
 __all__ = ["Trainer", "create_ddp_model"]
 
@@ -28,7 +33,11 @@ class Trainer(DefaultTrainer):
     ``MODEL.WEIGHTS``/``--resume`` loaded by :class:`SNDetectionCheckpointer` (published
     ImageNet SN models load directly and completely), SN batch-average statistics before
     evaluation when ``TEST.SN_BATCH_AVG.ENABLED``, and SN importance ratios logged at every
-    evaluation. Multi-process training works on CPU-only machines too (gloo)."""
+    evaluation. Multi-process training works on CPU-only machines too (gloo).
+
+    ``--resume`` is exact: checkpoints also hold each process's random generators and data
+    position (:mod:`sn_det.engine.resume`), the training data loader continues where it
+    stopped (:class:`ResumableTrainLoader`), and metrics.json gets no iteration twice."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__'s steps, in its order, with two differences: the model is
@@ -59,11 +68,31 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         """detectron2's hooks, plus SN batch averaging (if TEST.SN_BATCH_AVG.ENABLED) where
-        PreciseBN sits (before checkpointing and evaluation), and importance-ratio logging
-        before the writers."""
+        PreciseBN sits (before checkpointing and evaluation), importance-ratio logging
+        before the writers, the resume state saved with each checkpoint, and evaluation
+        isolated from the training's random generators."""
         ret = super().build_hooks()
         cfg = self.cfg
         period = cfg.TEST.EVAL_PERIOD
+        ret = [IsolatedEvalHook.of(h) if type(h) is d2_hooks.EvalHook else h for h in ret]
+        # Right before the checkpointer (which only the main process has; elsewhere where it
+        # would be), so the saved random state and data position are those of its moment.
+        at = next(
+            i
+            for i, h in enumerate(ret)
+            if isinstance(h, (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook))
+        )
+        main = comm.is_main_process()
+        ret.insert(
+            at,
+            ResumeState(
+                cfg.SOLVER.CHECKPOINT_PERIOD,
+                self._trainer.data_loader,
+                metrics_file=os.path.join(cfg.OUTPUT_DIR, "metrics.json") if main else None,
+                writers=self._writers if main else (),
+                eval_period=period,
+            ),
+        )
         if cfg.TEST.SN_BATCH_AVG.ENABLED:
             after = next(i for i, h in enumerate(ret) if isinstance(h, d2_hooks.LRScheduler))
             ret.insert(
@@ -78,6 +107,35 @@ class Trainer(DefaultTrainer):
         writers = [i for i, h in enumerate(ret) if isinstance(h, d2_hooks.PeriodicWriter)]
         ret.insert(writers[0] if writers else len(ret), SNImportanceLogger(period, self.model))
         return ret
+
+    def build_writers(self):
+        self._writers = super().build_writers()  # ResumeState sets their positions
+        return self._writers
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's training loader for the config (same dataset, mapper, sampler, batch
+        contents), as a :class:`ResumableTrainLoader` whose position the checkpoints hold."""
+        # detectron2's own reading of the config (private, but it is what
+        # build_detection_train_loader(cfg) calls): the sampler choice stays theirs.
+        args = _train_loader_from_config(cfg)
+        if not isinstance(args["dataset"], list):  # an IterableDataset has no index stream
+            logging.getLogger(__name__).warning(
+                "The training dataset is not a list: detectron2's loader is used, and a "
+                "resumed run starts the data order again."
+            )
+            return build_detection_train_loader(**args)
+        world = comm.get_world_size()
+        return ResumableTrainLoader(
+            args["dataset"],
+            args["mapper"],
+            args["sampler"],
+            args["total_batch_size"] // world,
+            aspect_ratio_grouping=args["aspect_ratio_grouping"],
+            num_workers=args["num_workers"],
+            rank=comm.get_rank(),
+            world_size=world,
+        )
 
     @classmethod
     def test_with_sn_batch_average(cls, cfg, model, data=None):

@@ -43,6 +43,16 @@ else:  # torch < 2.4: one query per device kind (deprecated since 2.4)
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
+if hasattr(torch.compiler, "is_compiling"):
+    _is_compiling = torch.compiler.is_compiling
+else:  # torch < 2.3
+
+    def _is_compiling() -> bool:
+        import torch._dynamo
+
+        return torch._dynamo.is_compiling()
+
+
 # Backends, by device (see _triton_function): the Triton kernels (switch_norm_triton.py) on
 # CUDA for float32/float16/bfloat16; otherwise _SwitchNormFunction, whose large passes run on
 # the compiled CPU kernels on CPU and on torch ops elsewhere. TRITON_ON_CPU sends CPU tensors
@@ -305,9 +315,38 @@ class SwitchNorm2d(nn.Module):
         return self._forward_eager(x)
 
     def _forward_scripted(self, x: Tensor) -> Tensor:
-        """The TorchScript forward: the same math as torch ops, differentiated by autograd.
-        A scripted SyncSwitchNorm2d computes its BN term from the local batch (scripting is
-        for deployment, where layers run in eval mode and nothing is synchronized)."""
+        """The TorchScript forward (see :meth:`_forward_ops`). A scripted SyncSwitchNorm2d
+        computes its BN term from the local batch (scripting is for deployment, where layers
+        run in eval mode and nothing is synchronized)."""
+        return self._forward_ops(x, self.mean_weight, self.var_weight, False)
+
+    @torch.jit.unused
+    def _traceable(self, x: Tensor) -> bool:
+        """Whether :meth:`_forward_ops` computes this call exactly (torch.compile takes it
+        then). False only for a synchronized layer that takes statistics from all ranks."""
+        return True
+
+    @torch.jit.unused
+    def _forward_compiled(self, x: Tensor) -> Tensor:
+        """The forward under torch.compile: :meth:`_forward_ops`, which dynamo records as
+        one graph (the compiled CPU kernels and the Triton launches are calls it cannot see
+        into, so each would end the graph) and inductor fuses into its own kernels."""
+        self._check_input(x)
+        mean_weight, var_weight = self._switch_inputs()
+        if _autocast_enabled(x.device.type):  # the (N, C) math stays in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward_ops(x, mean_weight, var_weight, self.switch_probabilities)
+        return self._forward_ops(x, mean_weight, var_weight, self.switch_probabilities)
+
+    def _forward_ops(self, x: Tensor, mean_weight: Tensor, var_weight: Tensor, probs: bool) -> Tensor:
+        """SN as plain torch ops differentiated by autograd: the same stable statistics as
+        the other paths, statistics in float32 for half-precision input. TorchScript- and
+        dynamo-traceable; used by scripting and torch.compile.
+
+        Args:
+            x: (N, C, H, W).
+            mean_weight, var_weight: (K,) switch logits, or probabilities when ``probs``.
+        """
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError("SwitchNorm2d expects (N, C, H, W) input with C = num_features")
         n, c, h, w = x.shape
@@ -327,11 +366,12 @@ class SwitchNorm2d(nn.Module):
             mean_in,
             var_in,
             self.weight,
-            self.mean_weight,
-            self.var_weight,
+            mean_weight,
+            var_weight,
             self.eps,
             mean_bn,
             var_bn,
+            probs,
         )
         y = (x3 - mean.unsqueeze(2)) * scale.unsqueeze(2) + self.bias.view(1, c, 1)
         if use_batch and mean_bn is not None and var_bn is not None:
@@ -356,7 +396,7 @@ class SwitchNorm2d(nn.Module):
                 count.add_(1)
 
     @torch.jit.unused
-    def _forward_eager(self, x: Tensor) -> Tensor:
+    def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(
                 f"{type(self).__name__} expects (N, C, H, W) input, got {tuple(x.shape)}"
@@ -365,6 +405,12 @@ class SwitchNorm2d(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}({self.num_features}) got an input with {x.shape[1]} channels"
             )
+
+    @torch.jit.unused
+    def _forward_eager(self, x: Tensor) -> Tensor:
+        if _is_compiling() and self._traceable(x):
+            return self._forward_compiled(x)
+        self._check_input(x)
         params = (self.weight, self.bias, *self._switch_inputs())
         triton_fn = _triton_function(x)
         if triton_fn is not None:

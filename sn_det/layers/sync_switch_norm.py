@@ -78,6 +78,11 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         # the all-reduce (an empty batch anywhere is detected from the reduced count).
         return self.using_bn and self.training and not self.frozen
 
+    def _traceable(self, x: Tensor) -> bool:
+        # Statistics pooled over ranks go through collectives and their own backward, which
+        # only the autograd Function path implements: torch.compile breaks the graph there.
+        return not (self._sync_group() is not None and self._uses_batch_statistics(x))
+
     def _pool_batch_moments(self, local: Optional[Tuple[Tensor, Tensor]], count: int):
         group = self._sync_group()
         if group is None:

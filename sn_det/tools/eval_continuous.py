@@ -10,21 +10,24 @@ For each evaluated checkpoint:
   DIR/continuous_eval.jsonl      one JSON line: {"checkpoint", "iteration", "metrics"}
   DIR/continuous_eval/           TensorBoard events (metrics at the checkpoint's iteration),
                                  COCOEvaluator outputs and the log
-After a restart, checkpoints already in the JSON lines are skipped. Stops after evaluating
-model_final.pth, or after --timeout seconds without a new checkpoint.
+A checkpoint that cannot be loaded (truncated, corrupt, refused as unsafe, of another
+model) is recorded as failed, {"checkpoint", "iteration": null, "failed": reason}, and the
+next one is evaluated. After a restart, checkpoints already in the JSON lines, evaluated or
+failed, are skipped. Stops after model_final.pth, or after --timeout seconds without a new
+checkpoint.
 """
 
 import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 
 from detectron2.evaluation.testing import flatten_results_dict
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
+from sn_det.checkpoint.resume_files import CHECKPOINT_NAME, checkpoint_order
 from sn_det.engine import ConfigError, Trainer, default_sn_setup, setup_cfg
 
 EXAMPLES = """examples:
@@ -35,7 +38,6 @@ EXAMPLES = """examples:
   tools/eval_continuous.py --config-file CFG --load-dir DIR --timeout 3600
 """
 
-CHECKPOINT_NAME = re.compile(r"model_(\d+|final)\.pth")
 FINAL = "model_final.pth"
 
 
@@ -61,12 +63,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _order(name: str) -> float:
-    """Iteration order of a checkpoint file name; model_final comes last."""
-    number = CHECKPOINT_NAME.fullmatch(name).group(1)
-    return math.inf if number == "final" else int(number)
-
-
 def finished_checkpoints(checkpointer):
     """Checkpoint file names in ``checkpointer.save_dir`` that are completely written, in order.
 
@@ -75,17 +71,19 @@ def finished_checkpoints(checkpointer):
     after another in iteration order, so every checkpoint up to the tagged one is complete
     and any later one may still be in progress. A tag being rewritten reads as no name.
     """
-    last = os.path.basename(checkpointer.get_checkpoint_file())
+    last = os.path.basename(checkpointer.tagged_checkpoint_file())
     if not CHECKPOINT_NAME.fullmatch(last):
         return []
     names = [os.path.basename(p) for p in checkpointer.get_all_checkpoint_files()]
     names = [n for n in names if CHECKPOINT_NAME.fullmatch(n)]
-    return sorted((n for n in names if _order(n) <= _order(last)), key=_order)
+    return sorted(
+        (n for n in names if checkpoint_order(n) <= checkpoint_order(last)), key=checkpoint_order
+    )
 
 
 def read_done(jsonl: str):
-    """Checkpoint names already evaluated. A last line cut off by a crash is dropped (and
-    cut from the file) so that checkpoint is evaluated again."""
+    """Checkpoint names already evaluated or failed. A last line cut off by a crash is
+    dropped (and cut from the file) so that checkpoint is evaluated again."""
     if not os.path.exists(jsonl):
         return set()
     with open(jsonl, "rb") as f:
@@ -122,17 +120,26 @@ class ContinuousEvaluator:
             iter(Trainer.build_batch_average_loader(cfg)) if cfg.TEST.SN_BATCH_AVG.ENABLED else None
         )
 
+    def _record(self, record: dict) -> None:
+        with open(self.jsonl, "a") as f:  # one write of one line, then to disk
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
     def evaluate(self, name: str) -> dict:
+        """Evaluate one checkpoint and record it; a checkpoint that cannot be loaded is
+        recorded as failed, with the reason, and its record returned (no "metrics")."""
         path = os.path.join(self.load_dir, name)
-        checkpoint = self.checkpointer.load_weights_strictly(path)
+        try:
+            checkpoint = self.checkpointer.load_weights_strictly(path)
+        except CheckpointConversionError as e:
+            record = {"checkpoint": name, "iteration": None, "failed": str(e)}
+            self._record(record)
+            return record
         iteration = checkpoint.get("iteration")
         results = Trainer.test_with_sn_batch_average(self.cfg, self.model, self.batch_average_data)
         metrics = {k: _finite_or_none(v) for k, v in flatten_results_dict(results).items()}
-        line = json.dumps({"checkpoint": name, "iteration": iteration, "metrics": metrics})
-        with open(self.jsonl, "a") as f:  # one write of one line, then to disk
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._record({"checkpoint": name, "iteration": iteration, "metrics": metrics})
         if iteration is not None:
             for key, value in metrics.items():
                 if value is not None:
@@ -171,7 +178,10 @@ def run(args) -> int:
     evaluator = ContinuousEvaluator(cfg, load_dir)
     done = read_done(evaluator.jsonl)
     if done:
-        print(f"already evaluated (skipped): {', '.join(sorted(done, key=_order))}", flush=True)
+        print(
+            f"already evaluated (skipped): {', '.join(sorted(done, key=checkpoint_order))}",
+            flush=True,
+        )
     last_new = time.monotonic()
     last_notice = -math.inf
     while True:
@@ -182,7 +192,10 @@ def run(args) -> int:
             record = evaluator.evaluate(name)
             done.add(name)
             last_new = time.monotonic()
-            print(f"{name} (iteration {record['iteration']}): {_summary(record)}", flush=True)
+            if "failed" in record:
+                print(f"{name} failed (recorded, not retried): {record['failed']}", flush=True)
+            else:
+                print(f"{name} (iteration {record['iteration']}): {_summary(record)}", flush=True)
         if FINAL in done:
             print(f"{FINAL} is evaluated; results in {evaluator.jsonl}", flush=True)
             return 0

@@ -15,6 +15,7 @@ Examples:
 """
 
 import logging
+import os
 import sys
 
 from detectron2.config import LazyConfig, instantiate
@@ -34,6 +35,7 @@ from omegaconf import DictConfig, ListConfig
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.data import GENERATED_DATASETS
+from sn_det.engine.parent_watch import exit_with_parent
 from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
 from sn_det.lazy import resolve_lazy_norms
 from sn_det.modeling import cycle_retinanet_switch_norms
@@ -148,7 +150,9 @@ def main(args):
     return None
 
 
-def _main_or_exit(args):
+def _main_or_exit(args, launcher_pid=None):
+    if launcher_pid is not None:
+        exit_with_parent(launcher_pid)  # no orphans training on when the launcher is killed
     try:
         return main(args)
     except (LazyConfigError, CheckpointConversionError) as e:
@@ -169,7 +173,7 @@ def invoke_main() -> None:
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(args, os.getpid()),
     )
 
 

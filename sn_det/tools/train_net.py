@@ -8,6 +8,7 @@ checkpoints and metrics to OUTPUT_DIR; every test set is evaluated by the evalua
 A project reuses it with its own trainer and config keys (see :func:`invoke_main`).
 """
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -17,6 +18,7 @@ from detectron2.evaluation import verify_results
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.engine import ConfigError, Trainer, setup_cfg
+from sn_det.engine.parent_watch import exit_with_parent
 
 EXAMPLES = """examples:
   # tiny SN Mask R-CNN on the embedded synthetic data (CPU, under a minute):
@@ -52,7 +54,9 @@ def main(args, trainer_cls=Trainer, config_adders: Sequence[Callable] = ()):
     return trainer.train()
 
 
-def _main_or_exit(args, trainer_cls, config_adders):
+def _main_or_exit(args, trainer_cls, config_adders, launcher_pid=None):
+    if launcher_pid is not None:
+        exit_with_parent(launcher_pid)  # no orphans training on when the launcher is killed
     try:
         result = main(args, trainer_cls, config_adders)
     except (ConfigError, CheckpointConversionError) as e:
@@ -92,7 +96,7 @@ def invoke_main(
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args, trainer_cls, tuple(config_adders)),
+        args=(args, trainer_cls, tuple(config_adders), os.getpid()),
     )
 
 
