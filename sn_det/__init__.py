@@ -1,8 +1,11 @@
 """sn_det: Switchable Normalization for detectron2.
 
-Importing the package registers its builders in detectron2's registries (backbones
-``build_sn_resnet_backbone``/``build_sn_resnet_fpn_backbone``, heads ``SNFastRCNNConvFCHead``,
-``SNMaskRCNNConvUpsampleHead``, ``SNRes5ROIHeads``) and its norm names ("SN", "SyncSN").
+Importing the package registers its norm names ("SN", "SyncSN") and its builders in
+detectron2's registries (backbones ``build_sn_resnet_backbone``,
+``build_sn_resnet_fpn_backbone``, ``build_sn_retinanet_resnet_fpn_backbone``, heads
+``SNFastRCNNConvFCHead``, ``SNMaskRCNNConvUpsampleHead``, ``SNRes5ROIHeads``). Models built by
+``sn_det.modeling.build_model`` (the trainer's) take SN in every norm key with detectron2's
+stock builder names as well.
 """
 
 try:

@@ -7,13 +7,12 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
-from detectron2.modeling import build_model
 
 from sn_det import add_sn_config
 from sn_det.engine import get_sn_optimizer_params
 from sn_det.layers import SwitchNorm2d, SyncSwitchNorm2d
 from sn_det.config import get_sn_cfg
-from sn_det.modeling import check_norm_config
+from sn_det.modeling import build_model, check_norm_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
@@ -193,34 +192,44 @@ def test_res5_head_last_gamma_in_c4():
     assert torch.count_nonzero(model.roi_heads.res5[0].conv3.norm.weight) == 0
 
 
-@pytest.mark.parametrize(
-    "opts,match",
-    [
-        (["MODEL.RESNETS.NORM", "SNN"], "MODEL.RESNETS.NORM = 'SNN' is not a known norm"),
-        (
-            ["MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.NORM", "SN"],
-            "use 'SNFastRCNNConvFCHead'",
-        ),
-        (
-            ["MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone"],
-            "MODEL.BACKBONE.NAME = 'build_resnet_fpn_backbone'",
-        ),
-    ],
-)
-def test_norm_config_errors_name_the_key(opts, match):
-    cfg = load_cfg(INSTANT, *opts)
-    with pytest.raises(ValueError, match=match):
+def test_unknown_norm_name_names_the_key():
+    cfg = load_cfg(INSTANT, "MODEL.RESNETS.NORM", "SNN")
+    with pytest.raises(ValueError, match="MODEL.RESNETS.NORM = 'SNN' is not a known norm"):
         check_norm_config(cfg)
 
 
-def test_c4_with_detectron2_res5_head_is_refused():
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.NORM", "SN"],
+        ["MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone"],
+        ["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"],
+    ],
+)
+def test_detectron2_builders_take_sn(opts):
+    # Formerly refused: detectron2's own builders get SN through sn_det's build_model.
+    cfg = load_cfg(
+        INSTANT, "MODEL.ROI_BOX_HEAD.NUM_CONV", "1", "MODEL.ROI_BOX_HEAD.NORM", "SN", *opts
+    )
+    check_norm_config(cfg)
+    model = build_model(cfg)
+    for name, part in (("box_head", "roi_heads.box_head"), ("mask_head", "roi_heads.mask_head")):
+        convs = [
+            m for n, m in model.named_modules() if n.startswith(part) and isinstance(m, Conv2d)
+        ]
+        assert any(isinstance(m.norm, SwitchNorm2d) for m in convs), name
+    assert isinstance(model.backbone.fpn_lateral2.norm, SwitchNorm2d)
+
+
+def test_c4_with_detectron2_res5_head_builds_sn():
     cfg = load_cfg(
         "configs/sn_baselines/faster_rcnn_R_50_C4_2x_sn.yaml",
         "MODEL.ROI_HEADS.NAME",
         "Res5ROIHeads",
     )
-    with pytest.raises(ValueError, match="SNRes5ROIHeads"):
-        check_norm_config(cfg)
+    check_norm_config(cfg)
+    model = build_model(cfg)
+    assert isinstance(model.roi_heads.res5[0].conv1.norm, SwitchNorm2d)
 
 
 def test_non_finite_loss_stops_training():

@@ -15,6 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_config_in_the_repository_is_shipped_and_loads():
+    from detectron2.projects.point_rend import add_pointrend_config
+
     from sn_det.projects.sn_segmentation import add_deeplab_config
     from sn_det.projects.sparse_sn import add_sparse_sn_config
 
@@ -35,6 +37,7 @@ def test_every_config_in_the_repository_is_shipped_and_loads():
     adders = {
         "projects/SparseSN/": (add_sparse_sn_config,),
         "projects/SNSegmentation/": (add_deeplab_config,),
+        "projects/SNPointRend/": (add_pointrend_config,),
     }
     for path in in_repo:
         extra = next((a for prefix, a in adders.items() if path.startswith(prefix)), ())

@@ -1,4 +1,4 @@
-"""Datasets: the embedded synthetic set, and an early check that configured data exists."""
+"""Datasets: the embedded synthetic sets, and an early check that configured data exists."""
 
 import os
 
@@ -6,6 +6,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .mapper import CheckedMapper, DatasetFileError
 from .synthetic import SYNTH_SPLITS, ensure_synthetic_dataset, register_synthetic_datasets
+from .synthetic_keypoints import (
+    KEYPOINT_SPLITS,
+    ensure_keypoint_dataset,
+    register_keypoint_datasets,
+)
 from .synthetic_semseg import (
     SEMSEG_SPLITS,
     ensure_synthetic_semseg_dataset,
@@ -22,10 +27,22 @@ __all__ = [
     "ensure_synthetic_semseg_dataset",
     "register_synthetic_semseg_datasets",
     "SEMSEG_SPLITS",
+    "KEYPOINT_SPLITS",
+    "ensure_keypoint_dataset",
+    "register_keypoint_datasets",
+    "GENERATED_DATASETS",
 ]
 
 register_synthetic_datasets()
+register_keypoint_datasets()
 register_synthetic_semseg_datasets()
+
+# The embedded datasets, generated on first use: name -> the function that makes it ready.
+GENERATED_DATASETS = {
+    **{name: ensure_synthetic_dataset for name in SYNTH_SPLITS},
+    **{name: ensure_keypoint_dataset for name in KEYPOINT_SPLITS},
+    **{name: ensure_synthetic_semseg_dataset for name in SEMSEG_SPLITS},
+}
 
 # Metadata attributes naming where a registered dataset's files live: COCO-style
 # (json_file, image_root), detectron2's sem_seg sets such as ADE20K (sem_seg_root) and
@@ -46,16 +63,13 @@ def prepare_datasets(cfg) -> None:
     """
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         for name in getattr(cfg.DATASETS, key.split(".")[1]):
-            if name in SYNTH_SPLITS:
-                ensure_synthetic_dataset()
-                continue
-            if name in SEMSEG_SPLITS:
-                ensure_synthetic_semseg_dataset()
+            if name in GENERATED_DATASETS:
+                GENERATED_DATASETS[name]()
                 continue
             if name not in DatasetCatalog.list():
                 raise KeyError(
                     f"{key} names {name!r}, which is not a registered dataset; registered are "
-                    f"e.g. {', '.join(sorted(SYNTH_SPLITS))}, coco_2017_train, coco_2017_val"
+                    f"e.g. {', '.join(sorted(GENERATED_DATASETS))}, coco_2017_train, coco_2017_val"
                 )
             meta = MetadataCatalog.get(name)
             for attr in _PATH_ATTRS:

@@ -1,4 +1,5 @@
 from .batch_average import batch_average_layers, recompute_sn_batch_statistics
+from .evaluation import EVALUATOR_TYPES, build_evaluator
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer, get_sn_optimizer_params, sn_optimizer_params
 from .setup import ConfigError, default_sn_setup, load_cfg, setup_cfg
@@ -6,10 +7,12 @@ from .trainer import Trainer
 
 __all__ = [
     "ConfigError",
+    "EVALUATOR_TYPES",
     "SNBatchAverage",
     "SNImportanceLogger",
     "Trainer",
     "batch_average_layers",
+    "build_evaluator",
     "build_sn_optimizer",
     "default_sn_setup",
     "get_sn_optimizer_params",

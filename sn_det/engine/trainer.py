@@ -1,4 +1,5 @@
-"""The training loop: detectron2's DefaultTrainer with SN-aware optimizer and COCO evaluation."""
+"""The training loop: detectron2's DefaultTrainer with SN-aware model building, optimizer and
+evaluator choice."""
 
 import logging
 import os
@@ -11,12 +12,13 @@ from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.engine import hooks as d2_hooks
-from detectron2.evaluation import COCOEvaluator
 
 from ..checkpoint import SNDetectionCheckpointer
 from ..data import CheckedMapper
 from ..data.resumable_loader import ResumableTrainLoader
+from ..modeling import build_model
 from .batch_average import recompute_sn_batch_statistics
+from .evaluation import build_evaluator
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer
 from .resume import IsolatedEvalHook, ResumeState
@@ -25,8 +27,10 @@ __all__ = ["Trainer", "create_ddp_model"]
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with SN parameters grouped like norms in the optimizer, every test
-    set evaluated by ``COCOEvaluator`` (box AP, and mask AP when masks are predicted), and
+    """``DefaultTrainer`` building any detectron2 model with SN in any norm key
+    (:func:`sn_det.modeling.build_model`), with SN parameters grouped like norms in the
+    optimizer, every test set evaluated by the evaluators its ``evaluator_type`` calls for
+    (COCO box/mask/keypoint AP, sem_seg, panoptic, ...), and
     ``MODEL.WEIGHTS``/``--resume`` loaded by :class:`SNDetectionCheckpointer` (published
     ImageNet SN models load directly and completely), SN batch-average statistics before
     evaluation when ``TEST.SN_BATCH_AVG.ENABLED``, and SN importance ratios logged at every
@@ -171,14 +175,22 @@ class Trainer(DefaultTrainer):
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
+    def build_model(cls, cfg):
+        """:func:`sn_det.modeling.build_model`: every norm key may name an sn_det norm, with
+        detectron2's stock builders too."""
+        model = build_model(cfg)
+        logging.getLogger(__name__).info("Model:\n{}".format(model))
+        return model
+
+    @classmethod
     def build_optimizer(cls, cfg, model):
         return build_sn_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        """The evaluators the dataset's ``evaluator_type`` calls for (see
+        :func:`sn_det.engine.evaluation.build_evaluator`)."""
+        return build_evaluator(cfg, dataset_name, output_folder)
 
 
 def create_ddp_model(model, **kwargs):

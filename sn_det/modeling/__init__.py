@@ -3,11 +3,14 @@
 from .backbone import (
     build_sn_resnet_backbone,
     build_sn_resnet_fpn_backbone,
+    build_sn_retinanet_resnet_fpn_backbone,
     freeze_sn_stages,
     zero_init_last_sn,
 )
+from .build import build_model, finish_sn_model
 from .importance import GROUPS, TERMS, LayerImportance, importance_ratios, layer_group
-from .norm_config import NORM_KEYS, check_norm_config, with_resolved_norms
+from .norm_config import check_norm_config, norm_keys, with_resolved_norms
+from .retinanet import CycleSwitchNorm, cycle_retinanet_switch_norms, cycle_switch_norms
 from .roi_heads import SNFastRCNNConvFCHead, SNMaskRCNNConvUpsampleHead, SNRes5ROIHeads
 
 try:  # the DeepLab ResNet needs detectron2's DeepLab project (in the detectron2 wheel)

@@ -1,7 +1,11 @@
 """ResNet and ResNet-FPN backbones whose norms may be any sn_det norm ("SN", ...).
 
 These are detectron2's own ``ResNet`` and ``FPN``, built by detectron2's own builders from a
-config view with resolved norms (see :func:`with_resolved_norms`). What sn_det adds:
+config view with resolved norms (see :func:`with_resolved_norms`). Since
+:func:`sn_det.modeling.build_model` builds every model from that view, detectron2's stock
+names (``build_resnet_fpn_backbone``, ...) take SN as well; the ``build_sn_*`` names stay for
+configs that name them and for models built by detectron2's own ``build_model``. What sn_det
+adds:
 - ``MODEL.BACKBONE.FREEZE_AT`` really freezes SN stages: detectron2 turns only BatchNorm into
   FrozenBatchNorm, so an SN layer in a frozen stage would keep updating its statistics;
 - ``MODEL.SN.LAST_GAMMA`` zero-initialises the last SN of every residual branch.
@@ -10,7 +14,10 @@ config view with resolved norms (see :func:`with_resolved_norms`). What sn_det a
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import ResNet
-from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+from detectron2.modeling.backbone.fpn import (
+    build_resnet_fpn_backbone,
+    build_retinanet_resnet_fpn_backbone,
+)
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, build_resnet_backbone
 from torch import nn
 
@@ -20,6 +27,7 @@ from .norm_config import with_resolved_norms
 __all__ = [
     "build_sn_resnet_backbone",
     "build_sn_resnet_fpn_backbone",
+    "build_sn_retinanet_resnet_fpn_backbone",
     "freeze_sn_stages",
     "zero_init_last_sn",
 ]
@@ -68,5 +76,15 @@ def build_sn_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """detectron2's ResNet-FPN with ``MODEL.RESNETS.NORM`` in the ResNet and ``MODEL.FPN.NORM``
     in the FPN lateral and output convs (which then have no bias, as detectron2 does)."""
     fpn = build_resnet_fpn_backbone(with_resolved_norms(cfg), input_shape)
+    _finish_resnet(fpn.bottom_up, cfg)
+    return fpn
+
+
+@BACKBONE_REGISTRY.register()
+def build_sn_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """detectron2's RetinaNet ResNet-FPN (P3-P7: FPN on res3-res5, P6/P7 from P5 by
+    ``LastLevelP6P7``) with ``MODEL.RESNETS.NORM`` in the ResNet and ``MODEL.FPN.NORM`` in the
+    FPN lateral and output convs."""
+    fpn = build_retinanet_resnet_fpn_backbone(with_resolved_norms(cfg), input_shape)
     _finish_resnet(fpn.bottom_up, cfg)
     return fpn

@@ -13,7 +13,6 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import ResNet
 from detectron2.projects.deeplab import build_resnet_deeplab_backbone
 
-from . import norm_config
 from .backbone import freeze_sn_stages, zero_init_last_sn
 from .norm_config import with_resolved_norms
 
@@ -56,11 +55,3 @@ def build_sn_resnet_deeplab_backbone(cfg, input_shape: ShapeSpec) -> DeepLabResN
         zero_init_last_sn(resnet)
     return freeze_sn_stages(resnet, freeze_at)
 
-
-# check_norm_config accepts an sn_det name in MODEL.RESNETS.NORM only for the builders it
-# lists; list this one. TEMPORARY: issue #14's generic norm resolution replaces that list.
-_key, _builders = norm_config._CONSUMERS["MODEL.RESNETS.NORM"]
-norm_config._CONSUMERS["MODEL.RESNETS.NORM"] = (
-    _key,
-    _builders + ("build_sn_resnet_deeplab_backbone",),
-)

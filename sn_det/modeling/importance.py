@@ -65,10 +65,13 @@ def _shares(logits: torch.Tensor) -> Tuple[float, float, float]:
 
 def importance_ratios(model: nn.Module) -> List[LayerImportance]:
     """IN/LN/BN shares of every SN layer of ``model``, grouped as in :data:`GROUPS` and in
-    network (module registration) order within a group."""
+    network (module registration) order within a group. Layers sharing their switch logits
+    (the per-level copies of a :class:`CycleSwitchNorm`) are listed once, by the first name."""
     rows = []
+    seen = set()
     for name, m in model.named_modules():
-        if isinstance(m, SwitchNorm2d):
+        if isinstance(m, SwitchNorm2d) and id(m.mean_weight) not in seen:
+            seen.add(id(m.mean_weight))
             name = name[len("module.") :] if name.startswith("module.") else name
             rows.append(
                 LayerImportance(

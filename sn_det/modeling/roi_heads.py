@@ -1,5 +1,7 @@
 """detectron2 ROI heads whose norms may be sn_det norms. Each one is detectron2's head with
-its norm key resolved in ``from_config``; nothing else changes."""
+its norm key resolved in ``from_config``; nothing else changes. :func:`sn_det.modeling.build_model`
+gives detectron2's own heads SN as well; these names serve configs that name them and models
+built by detectron2's ``build_model``."""
 
 from detectron2.modeling.roi_heads import (
     ROI_BOX_HEAD_REGISTRY,

@@ -160,7 +160,7 @@ def bench_layers(shapes, rounds, device, amp=False):
 def bench_model(rounds, device, threads):
     from detectron2.config import get_cfg
     from detectron2.data import build_detection_train_loader
-    from detectron2.modeling import build_model
+    from sn_det.modeling import build_model
     from detectron2.utils.events import EventStorage
 
     from sn_det import add_sn_config
@@ -273,7 +273,7 @@ def bench_r50_fpn(rounds, device, amp, size, warmup=3):
     per norm. Every model is warmed up on its own first (cuDNN autotuning, Triton compilation,
     the allocator), then the timed rounds rotate the order of the models, so that no model
     always runs first or last in a round."""
-    from detectron2.modeling import build_model
+    from sn_det.modeling import build_model
     from detectron2.utils.events import EventStorage
 
     from sn_det.engine import build_sn_optimizer

@@ -34,10 +34,11 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, ListConfig
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
-from sn_det.data import SYNTH_SPLITS, ensure_synthetic_dataset
+from sn_det.data import GENERATED_DATASETS
 from sn_det.engine.parent_watch import exit_with_parent
 from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
 from sn_det.lazy import resolve_lazy_norms
+from sn_det.modeling import cycle_retinanet_switch_norms
 
 logger = logging.getLogger("sn_det")
 
@@ -82,6 +83,12 @@ def load_lazy_config(path: str, overrides=()):
     return cfg
 
 
+def build_lazy_model(cfg):
+    """``instantiate(cfg.model)``, with per-level SN statistics in a RetinaNet head (as
+    ``sn_det.modeling.build_model`` gives yacs models; detectron2 does it for BN only)."""
+    return cycle_retinanet_switch_norms(instantiate(cfg.model))
+
+
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
@@ -93,7 +100,7 @@ def do_test(cfg, model):
 
 
 def do_train(args, cfg):
-    model = instantiate(cfg.model)
+    model = build_lazy_model(cfg)
     logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
@@ -130,11 +137,11 @@ def do_train(args, cfg):
 def main(args):
     cfg = load_lazy_config(args.config_file, args.opts)
     for name in set(_dataset_names(cfg.dataloader)):
-        if name in SYNTH_SPLITS:
-            ensure_synthetic_dataset()
+        if name in GENERATED_DATASETS:
+            GENERATED_DATASETS[name]()
     default_setup(cfg, args)
     if args.eval_only:
-        model = instantiate(cfg.model)
+        model = build_lazy_model(cfg)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
         SNDetectionCheckpointer(model).load(cfg.train.init_checkpoint)

@@ -3,7 +3,8 @@
 
 This is detectron2's ``tools/train_net.py`` with sn_det's config keys, builders and
 SN-aware optimizer; every flag of detectron2's parser works as usual. Training writes
-checkpoints and metrics to OUTPUT_DIR; every test set is evaluated with COCOEvaluator.
+checkpoints and metrics to OUTPUT_DIR; every test set is evaluated by the evaluators its
+``evaluator_type`` calls for (COCO box/mask/keypoint AP, sem_seg, panoptic, ...).
 A project reuses it with its own trainer and config keys (see :func:`invoke_main`).
 """
 
@@ -39,6 +40,8 @@ class _NoTracebackForUserErrors(logging.Filter):
 EXAMPLES = """examples:
   # tiny SN Mask R-CNN on the embedded synthetic data (CPU, under a minute):
   tools/train_net.py --config-file configs/quick_schedules/mask_rcnn_sn_instant_test.yaml
+  # RetinaNet (also cascade_mask_rcnn_sn_instant_test.yaml, keypoint_rcnn_sn_instant_test.yaml):
+  tools/train_net.py --config-file configs/quick_schedules/retinanet_sn_instant_test.yaml
   # continue from the last checkpoint in OUTPUT_DIR:
   tools/train_net.py --config-file CFG --resume
   # evaluate a checkpoint:

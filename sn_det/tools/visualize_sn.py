@@ -18,8 +18,6 @@ import re
 import sys
 import tempfile
 
-from detectron2.modeling import build_model
-
 from sn_det.checkpoint import (
     SN_AUTHOR,
     TRUST_ENV,
@@ -27,7 +25,7 @@ from sn_det.checkpoint import (
     SNDetectionCheckpointer,
 )
 from sn_det.engine import ConfigError, load_cfg
-from sn_det.modeling import TERMS, check_norm_config, importance_ratios
+from sn_det.modeling import TERMS, build_model, check_norm_config, importance_ratios
 
 EXAMPLES = """examples:
   tools/visualize_sn.py --ckpt output/demo/model_final.pth \\

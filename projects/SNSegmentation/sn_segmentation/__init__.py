@@ -7,11 +7,7 @@ inference."""
 
 from detectron2.projects.deeplab import add_deeplab_config
 
-from .trainer import (
-    SNSegTrainer,
-    build_sem_seg_train_aug,
-    resolve_sem_seg_head_norm,
-)
+from .trainer import SNSegTrainer, build_sem_seg_train_aug
 from .tta import SemanticSegmentorWithTTA
 
 __all__ = [
@@ -19,5 +15,4 @@ __all__ = [
     "SNSegTrainer",
     "SemanticSegmentorWithTTA",
     "build_sem_seg_train_aug",
-    "resolve_sem_seg_head_norm",
 ]

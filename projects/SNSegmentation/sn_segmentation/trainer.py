@@ -9,33 +9,15 @@ from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_trai
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 
-from sn_det.engine import ConfigError, Trainer
-from sn_det.modeling import with_resolved_norms
+from sn_det.engine import Trainer
 
 from .tta import SemanticSegmentorWithTTA
 
-__all__ = ["SNSegTrainer", "build_sem_seg_train_aug", "resolve_sem_seg_head_norm"]
+__all__ = ["SNSegTrainer", "build_sem_seg_train_aug"]
 
 # Evaluator types of detectron2's sem_seg datasets that SemSegEvaluator scores. Cityscapes'
 # own evaluator needs cityscapesscripts; its mIoU over the 19 train ids is the same number.
 SEM_SEG_EVALUATOR_TYPES = ("sem_seg", "cityscapes_sem_seg")
-
-
-def resolve_sem_seg_head_norm(cfg):
-    """A config view whose ``MODEL.SEM_SEG_HEAD.NORM`` holds what detectron2's ``get_norm``
-    accepts (an SN factory for "SN"/"SyncSN"), so that detectron2's DeepLab heads build SN
-    in the ASPP and decoder convs.
-
-    TEMPORARY: this project resolves the head's key itself until sn_det's model build
-    resolves every ``*NORM`` key (issue #14); then this function goes away.
-
-    Raises:
-        ConfigError: an unknown norm name (one sentence naming the key).
-    """
-    try:
-        return with_resolved_norms(cfg, keys=("MODEL.SEM_SEG_HEAD.NORM",))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def build_sem_seg_train_aug(cfg):
@@ -63,16 +45,13 @@ def build_sem_seg_train_aug(cfg):
 class SNSegTrainer(Trainer):
     """sn_det's Trainer (SN-aware optimizer, checkpointer, batch averaging) with
 
-    - SN in the DeepLab heads (``MODEL.SEM_SEG_HEAD.NORM``);
+    - SN in the DeepLab heads (``MODEL.SEM_SEG_HEAD.NORM``, resolved like every norm key by
+      :meth:`Trainer.build_model`);
     - ``SemSegEvaluator`` for every sem_seg test set (mIoU, fwIoU, pixel accuracy);
     - DeepLab's augmentation and ``WarmupPolyLR`` (``SOLVER.LR_SCHEDULER_NAME``);
     - with ``TEST.AUG.ENABLED``, every evaluation repeated with multi-scale (+ flip)
       inference, reported under ``<dataset>_TTA`` (``sem_seg_TTA`` with one test set).
     """
-
-    @classmethod
-    def build_model(cls, cfg):
-        return super().build_model(resolve_sem_seg_head_norm(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
