@@ -109,8 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _check_settings(args) -> None:
     """A study folder holds runs of one setting: refuse to mix another one into it."""
-    settings = {"images": args.images, "input_size": SIZES[args.size].input_size,
-                "device": args.device}  # fmt: skip
+    settings = {"size": args.size, "images": args.images, "device": args.device}
     path = os.path.join(args.output, SETTINGS_FILE)
     if os.path.isfile(path):
         with open(path) as f:

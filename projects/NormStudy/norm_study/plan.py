@@ -2,10 +2,10 @@
 process, seed), with the config overrides that make it.
 
 Every run trains the same Mask R-CNN (``configs/mask_rcnn_R_18_FPN_norm_study.yaml``) on the
-same number of images. The learning rate is scaled linearly with the total batch (Goyal et
-al.'s rule, from the demo's 0.03 at 4 images), and the iterations, warm-up and
-learning-rate steps are counted in images, so every run sees the same images in the same
-phases of its schedule: iterations = images / total batch.
+same number of images: iterations = images / total batch. The learning rate is scaled
+linearly with the total batch (Goyal et al.'s rule, from the demo's 0.03 at 4 images), and
+warm-up and learning-rate steps sit at the demo's shares of the run, so every run passes
+through the same phases after the same number of images.
 """
 
 import os
@@ -95,6 +95,7 @@ class Size:
             seed-to-seed spread.
         spread_ims: the images-per-process column that gets the extra seeds.
         input_size: the (square) training and test image side, pixels.
+        extra_opts: further config overrides of every run.
     """
 
     images: int
@@ -102,6 +103,7 @@ class Size:
     spread_seeds: Tuple[int, ...]
     spread_ims: int
     input_size: int = 128
+    extra_opts: Tuple[str, ...] = ()
 
 
 SIZES: Dict[str, Size] = {
@@ -110,7 +112,16 @@ SIZES: Dict[str, Size] = {
     # GPUs: 6x the images (15 epochs of the 400 training images), three seeds everywhere.
     "large": Size(images=4800, seeds=(0, 1, 2), spread_seeds=(), spread_ims=2),
     # A smoke test of the machinery (tests): a few iterations on 64-pixel images.
-    "tiny": Size(images=8, seeds=(0,), spread_seeds=(), spread_ims=1, input_size=64),
+    # Few proposals and detections: an untrained model's many low-score detections would make
+    # the evaluation the slowest part.
+    "tiny": Size(
+        images=8,
+        seeds=(0,),
+        spread_seeds=(),
+        spread_ims=1,
+        input_size=64,
+        extra_opts=("MODEL.RPN.POST_NMS_TOPK_TEST", "16", "TEST.DETECTIONS_PER_IMAGE", "5"),
+    ),
 }
 IMS_PER_PROCESS = (1, 2, 4, 8)
 
@@ -124,6 +135,7 @@ class Run:
     seed: int
     images: int
     input_size: int
+    extra_opts: Tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -157,6 +169,7 @@ class Run:
             "SEED", str(self.seed),
             "MODEL.DEVICE", device,
             "OUTPUT_DIR", output_dir,
+            *self.extra_opts,
         ]  # fmt: skip
         return opts
 
@@ -192,11 +205,13 @@ def plan_runs(
     for seed in seeds:
         for ipp in ims_per_process:
             for norm in norms:
-                runs.append(Run(NORMS[norm], ipp, seed, images, size.input_size))
+                runs.append(Run(NORMS[norm], ipp, seed, images, size.input_size, size.extra_opts))
     if size.spread_ims in ims_per_process:
         for seed in spread_seeds:
             if seed in seeds:
                 continue
             for norm in norms:
-                runs.append(Run(NORMS[norm], size.spread_ims, seed, images, size.input_size))
+                runs.append(
+                    Run(NORMS[norm], size.spread_ims, seed, images, size.input_size, size.extra_opts)
+                )
     return runs
