@@ -10,6 +10,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -92,24 +94,28 @@ def test_an_output_that_is_a_file_or_another_study_is_refused(tmp_path, capsys):
     assert len(err) == 1 and "holds a study with other settings" in err[0]
 
 
+def _fake_result(run):
+    return {"run": run.name, "norm": run.norm.name, "ims_per_process": run.ims_per_process,
+            "processes": run.norm.processes, "total_batch": run.total_batch, "seed": run.seed,
+            "images": run.images, "iterations": 1, "lr": 0.1, "status": "ok",
+            "diverged_at": None, "box_ap": 10.0, "mask_ap": 9.0, "wall_s": 1.0, "cpu_s": 1.0,
+            "importance": None}  # fmt: skip
+
+
 def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
     """The control flow around runs, with a stand-in for the training command."""
     attempted = []
 
-    def fake_execute(run, device, run_dir, keep):
+    def fake_execute(run, device, run_dir, keep, threads):
         attempted.append(run.name)
         if run.name == "GN_ipp1_seed0":
             raise RunFailed("the training command exited with status 1", "some/stdout.log")
-        return {"run": run.name, "norm": run.norm.name, "ims_per_process": run.ims_per_process,
-                "processes": 1, "total_batch": run.total_batch, "seed": run.seed,
-                "images": run.images, "iterations": 1, "lr": 0.1, "status": "ok",
-                "diverged_at": None, "box_ap": 10.0, "mask_ap": 9.0, "wall_s": 1.0,
-                "cpu_s": 1.0, "importance": None}  # fmt: skip
+        return _fake_result(run)
 
     monkeypatch.setattr(cli, "execute", fake_execute)
     out = tmp_path / "study"
-    code = cli.main(["--norms", "GN,BN", "--ims-per-process", "1,2", "--output", str(out)]
-                    + ["--spread-seeds", ""])  # fmt: skip
+    code = cli.main(["--norms", "GN,BN", "--ims-per-process", "1,2", "--output", str(out),
+                     "--spread-seeds", "", "--jobs", "1"])  # fmt: skip
     assert code == 1
     assert attempted == ["GN_ipp1_seed0", "BN_ipp1_seed0", "GN_ipp2_seed0", "BN_ipp2_seed0"]
     captured = capsys.readouterr()
@@ -119,6 +125,30 @@ def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, monkeypatch, c
     assert "[run 4/4]" in captured.out and "estimated remaining" in captured.out
     with open(out / "results.csv") as f:
         assert [r["run"] for r in csv.DictReader(f)] == [n for n in attempted[1:]]
+
+
+def test_concurrent_runs_share_the_cores_and_syncsn_runs_alone(tmp_path, monkeypatch):
+    lock = threading.Lock()
+    active, overlaps, threads_seen = [], [], {}
+
+    def fake_execute(run, device, run_dir, keep, threads):
+        with lock:
+            active.append(run.name)
+            overlaps.append(tuple(active))
+            threads_seen[run.name] = threads
+        time.sleep(0.2)
+        with lock:
+            active.remove(run.name)
+        return _fake_result(run)
+
+    monkeypatch.setattr(cli, "execute", fake_execute)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    code = cli.main(["--norms", "BN,GN,SyncSN", "--ims-per-process", "1,2", "--jobs", "2",
+                     "--spread-seeds", "", "--output", str(tmp_path / "study")])  # fmt: skip
+    assert code == 0
+    assert max(len(o) for o in overlaps) == 2  # two single-process runs at a time
+    assert all(len(o) == 1 for o in overlaps if any(n.startswith("SyncSN") for n in o))
+    assert set(threads_seen.values()) == {1}  # 2 cores: one thread per training process
 
 
 def test_tiny_study_end_to_end_and_resume(tmp_path):

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import List, Optional
 
 from .plan import IMS_PER_PROCESS, NORMS, SIZES, plan_runs
@@ -78,6 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=int, help="images seen per run (default: the size's)")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained at the same time, sharing the CPU cores (default: 2 on a CPU with "
+        "2 or more cores, else 1; 1 with --device cuda)",
+    )
+    parser.add_argument(
         "--keep-checkpoints",
         action="store_true",
         help="keep every run's model_final.pth (by default removed once its result is recorded)",
@@ -91,6 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--ims-per-process needs positive integers")
     if not args.seeds or min(args.seeds + args.spread_seeds) < 0:
         parser.error("--seeds needs at least one seed, and seeds are non-negative integers")
+    if args.jobs is None:
+        args.jobs = 2 if args.device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.images < 1:
         parser.error("--images must be a positive number of images")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -148,6 +159,31 @@ def _estimate(run, finished: List[dict]) -> Optional[float]:
     return sum(pool) / len(pool) if pool else None
 
 
+def _threads(args, run) -> int:
+    """CPU threads per training process: the cores shared between concurrent processes."""
+    return max(1, (os.cpu_count() or 1) // max(args.jobs, run.norm.processes))
+
+
+def _print_start(i, total, run, start, active, pending, results, jobs) -> None:
+    """The progress line of a run being started, with the study's remaining time: the
+    estimates of the unfinished runs, spread over the job slots."""
+    finished = [r for r in results.values() if r is not None]
+    estimates = [_estimate(r, finished) for _, r, _ in active.values()]
+    estimates += [_estimate(r, finished) for _, r in pending]
+    remaining = (
+        "unknown until a run finishes"
+        if None in estimates
+        else _duration(sum(estimates) / jobs)
+    )
+    s = run.schedule()
+    print(
+        f"[run {i}/{total}] {run.name} started: total batch {run.total_batch}, lr {s['lr']:g}, "
+        f"{s['iterations']} iterations | elapsed {_duration(time.monotonic() - start)}, "
+        f"estimated remaining {remaining}",
+        flush=True,
+    )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     _check_settings(args)
@@ -165,33 +201,44 @@ def main(argv=None) -> int:
     )
     failures = []
     start = time.monotonic()
-    for i, run in enumerate(todo, 1):
-        finished = [r for r in results.values() if r is not None]
-        estimates = [_estimate(r, finished) for r in todo[i - 1 :]]
-        remaining = (
-            "unknown until a run finishes"
-            if None in estimates
-            else _duration(sum(estimates))
-        )
-        s = run.schedule()
-        print(
-            f"[run {i}/{len(todo)}] {run.name}: total batch {run.total_batch}, lr {s['lr']:g}, "
-            f"{s['iterations']} iterations | elapsed {_duration(time.monotonic() - start)}, "
-            f"estimated remaining {remaining}",
-            flush=True,
-        )
-        try:
-            result = execute(run, args.device, run_dir[run.name], args.keep_checkpoints)
-        except RunFailed as e:
-            failures.append((run.name, e))
-            print(f"  FAILED: {e.reason}; log: {e.log}", flush=True)
-            continue
-        results[run.name] = result
-        if result["status"] == "diverged":
-            outcome = f"diverged at iteration {result['diverged_at']}"
-        else:
-            outcome = f"box AP {_ap(result['box_ap'])}, mask AP {_ap(result['mask_ap'])}"
-        print(f"  done in {_duration(result['wall_s'])}: {outcome}", flush=True)
+    active = {}  # future -> (index, run, job slots it holds)
+    pending = list(enumerate(todo, 1))
+    free = args.jobs
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        while pending or active:
+            # Start runs in order while their processes fit into the free job slots (a
+            # SyncSN run takes as many slots as it has processes, up to all of them).
+            while pending and min(pending[0][1].norm.processes, args.jobs) <= free:
+                i, run = pending.pop(0)
+                slots = min(run.norm.processes, args.jobs)
+                free -= slots
+                threads = _threads(args, run) if args.device == "cpu" else None
+                future = pool.submit(
+                    execute, run, args.device, run_dir[run.name], args.keep_checkpoints, threads
+                )
+                active[future] = (i, run, slots)
+                _print_start(i, len(todo), run, start, active, pending, results, args.jobs)
+            finished, _ = wait(active, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, run, slots = active.pop(future)
+                free += slots
+                try:
+                    result = future.result()
+                except RunFailed as e:
+                    failures.append((run.name, e))
+                    print(f"[run {i}/{len(todo)}] {run.name} FAILED: {e.reason}; log: {e.log}",
+                          flush=True)  # fmt: skip
+                    continue
+                results[run.name] = result
+                if result["status"] == "diverged":
+                    outcome = f"diverged at iteration {result['diverged_at']}"
+                else:
+                    outcome = f"box AP {_ap(result['box_ap'])}, mask AP {_ap(result['mask_ap'])}"
+                print(
+                    f"[run {i}/{len(todo)}] {run.name} done in {_duration(result['wall_s'])}: "
+                    f"{outcome}",
+                    flush=True,
+                )
 
     done = [results[run.name] for run in runs if results[run.name] is not None]
     title = (

@@ -12,8 +12,8 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,11 +75,9 @@ def command(run: Run, device: str, run_dir: str, python: str = sys.executable) -
     ]  # fmt: skip
 
 
-def _child_env(run: Run, device: str) -> dict:
+def _child_env(threads: Optional[int]) -> dict:
     env = dict(os.environ)
-    if run.norm.processes > 1 and device == "cpu" and "OMP_NUM_THREADS" not in env:
-        # Share the cores between the processes instead of each taking all of them.
-        threads = max(1, (os.cpu_count() or 1) // run.norm.processes)
+    if threads and "OMP_NUM_THREADS" not in env:  # the user's own setting wins
         env["OMP_NUM_THREADS"] = str(threads)
     return env
 
@@ -102,14 +100,25 @@ def _finite(value) -> Optional[float]:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def execute(run: Run, device: str, run_dir: str, keep_checkpoint: bool = False) -> dict:
+def execute(
+    run: Run,
+    device: str,
+    run_dir: str,
+    keep_checkpoint: bool = False,
+    threads: Optional[int] = None,
+) -> dict:
     """Train and evaluate ``run`` from scratch in ``run_dir`` and record its result there.
+
+    Args:
+        threads: intra-op CPU threads of each training process (OMP_NUM_THREADS), so that
+            concurrent runs or processes share the cores instead of oversubscribing them;
+            None leaves PyTorch's default.
 
     Returns:
         the result (also written to ``run_dir/result.json``): the run's settings, ``status``
         ("ok", or "diverged" when the loss became NaN/infinite, a result of the setting, with
         no AP), ``box_ap``/``mask_ap``, ``wall_s``, ``cpu_s`` (user+system time of the
-        command and its children), and for SN-type norms ``importance`` (see
+        command and its processes: training processes, data loader workers), and for SN-type norms ``importance`` (see
         :func:`norm_study.importance.switch_importance`).
 
     Raises:
@@ -120,17 +129,29 @@ def execute(run: Run, device: str, run_dir: str, keep_checkpoint: bool = False) 
     os.makedirs(run_dir)
     log = os.path.join(run_dir, LOG_FILE)
     cmd = command(run, device, run_dir)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     with open(log, "w") as out:
         out.write(" ".join(cmd) + "\n\n")
         out.flush()
-        proc = subprocess.run(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=_child_env(run, device), cwd=REPO
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_child_env(threads),
+            cwd=REPO,
+            start_new_session=True,  # its own process group: stopped as a whole below
         )
+        try:
+            # wait4: this child's own CPU time (with its reaped descendants), correct even
+            # while other runs execute concurrently.
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # interrupted: leave no training process behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = usage.ru_utime + usage.ru_stime
 
     schedule = run.schedule()
     result = {
