@@ -165,7 +165,7 @@ def plot_png(results: List[dict], norms: Sequence[str], ims: Sequence[int], titl
         ax.set_xlabel("images per process")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].legend(loc="best", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
