@@ -171,9 +171,7 @@ def _print_start(i, total, run, start, active, pending, results, jobs) -> None:
     estimates = [_estimate(r, finished) for _, r, _ in active.values()]
     estimates += [_estimate(r, finished) for _, r in pending]
     remaining = (
-        "unknown until a run finishes"
-        if None in estimates
-        else _duration(sum(estimates) / jobs)
+        "unknown until a run finishes" if None in estimates else _duration(sum(estimates) / jobs)
     )
     s = run.schedule()
     print(
@@ -246,9 +244,11 @@ def main(argv=None) -> int:
         f"{size.input_size} px, {args.device}"
     )
     names = write_report(args.output, done, args.norms, args.ims_per_process, title)
-    print(f"Report ({len(done)} of {len(runs)} runs): " + ", ".join(
-        os.path.join(args.output, n) for n in names[:3]
-    ) + (f" and {len(names) - 3} importance pictures" if len(names) > 3 else ""))
+    print(
+        f"Report ({len(done)} of {len(runs)} runs): "
+        + ", ".join(os.path.join(args.output, n) for n in names[:3])
+        + (f" and {len(names) - 3} importance pictures" if len(names) > 3 else "")
+    )
     print(f"Total time {_duration(time.monotonic() - start)}.")
     if failures:
         print(f"{len(failures)} run(s) failed:", file=sys.stderr)

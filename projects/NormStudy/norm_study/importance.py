@@ -49,6 +49,4 @@ def switch_importance(config_file: str, weights: str) -> List[dict]:
 
 def rows_from_json(rows: List[dict]) -> List[LayerImportance]:
     """The inverse of :func:`switch_importance`'s dicts, for sn_det's importance charts."""
-    return [
-        LayerImportance(r["name"], r["group"], tuple(r["mean"]), tuple(r["var"])) for r in rows
-    ]
+    return [LayerImportance(r["name"], r["group"], tuple(r["mean"]), tuple(r["var"])) for r in rows]

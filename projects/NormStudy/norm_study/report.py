@@ -100,7 +100,10 @@ def markdown(results: List[dict], norms: Sequence[str], ims: Sequence[int], titl
     if not spread:
         lines += ["No cell has more than one seed yet.", ""]
     else:
-        lines += ["| norm | images per process | seeds | box AP | mask AP |", "|---|---|---|---|---|"]
+        lines += [
+            "| norm | images per process | seeds | box AP | mask AP |",
+            "|---|---|---|---|---|",
+        ]
         variances = {m: [] for m, _ in METRICS}
         for (norm, k), runs in sorted(spread.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             seeds = ", ".join(str(r["seed"]) for r in runs)

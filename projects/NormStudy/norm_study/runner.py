@@ -190,9 +190,7 @@ def execute(
         if run.norm.switches:
             from .importance import switch_importance  # imports detectron2: only when needed
 
-            result["importance"] = switch_importance(
-                os.path.join(run_dir, "config.yaml"), weights
-            )
+            result["importance"] = switch_importance(os.path.join(run_dir, "config.yaml"), weights)
         if not keep_checkpoint and os.path.exists(weights):
             os.remove(weights)  # everything the report needs is in the result
     write_json_atomically(os.path.join(run_dir, RESULT_FILE), result)
