@@ -173,7 +173,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
         assert 0.0 <= r["box_ap"] <= 100.0 and 0.0 <= r["mask_ap"] <= 100.0, r
         # COCOEvaluator ran on the 60 validation images, in the run's own folder.
         assert os.path.isfile(
-            os.path.join(out, "runs", name, "inference", "coco_instances_results.json")
+            os.path.join(
+                out, "runs", name, "inference", "sn_synth_val", "coco_instances_results.json"
+            )
         )
         assert not os.path.exists(os.path.join(out, "runs", name, "model_final.pth"))
     for name in ("SN_ipp1_seed0", "SN_ipp2_seed0"):  # switch weights: 3 shares summing to 1
