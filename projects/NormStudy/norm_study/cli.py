@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from .plan import IMS_PER_PROCESS, NORMS, SIZES, plan_runs
 from .report import write_report
-from .runner import RunFailed, execute, read_result, write_json_atomically
+from .runner import RunFailed, execute, read_result, stop_all, write_json_atomically
 
 __all__ = ["main", "parse_args"]
 
@@ -182,6 +182,46 @@ def _print_start(i, total, run, start, active, pending, results, jobs) -> None:
     )
 
 
+def _run_all(args, todo, pending, active, free, run_dir, results, failures, start, pool):
+    """Start the runs in order as job slots free up, and collect their results."""
+    while pending or active:
+        # Start runs in order while their processes fit into the free job slots (a
+        # SyncSN run takes as many slots as it has processes, up to all of them).
+        while pending and min(pending[0][1].norm.processes, args.jobs) <= free:
+            i, run = pending.pop(0)
+            slots = min(run.norm.processes, args.jobs)
+            free -= slots
+            threads = _threads(args, run) if args.device == "cpu" else None
+            future = pool.submit(
+                execute, run, args.device, run_dir[run.name], args.keep_checkpoints, threads
+            )
+            active[future] = (i, run, slots)
+            _print_start(i, len(todo), run, start, active, pending, results, args.jobs)
+        finished, _ = wait(active, return_when=FIRST_COMPLETED)
+        for future in finished:
+            i, run, slots = active.pop(future)
+            free += slots
+            try:
+                result = future.result()
+            except RunFailed as e:
+                failures.append((run.name, e))
+                print(
+                    f"[run {i}/{len(todo)}] {run.name} FAILED: {e.reason}; log: {e.log}",
+                    flush=True,
+                )
+                continue
+            results[run.name] = result
+            if result["status"] == "diverged":
+                outcome = f"diverged at iteration {result['diverged_at']}"
+            else:
+                outcome = f"box AP {_ap(result['box_ap'])}, mask AP {_ap(result['mask_ap'])}"
+            print(
+                f"[run {i}/{len(todo)}] {run.name} done in {_duration(result['wall_s'])}: "
+                f"{outcome}",
+                flush=True,
+            )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     _check_settings(args)
@@ -203,40 +243,16 @@ def main(argv=None) -> int:
     pending = list(enumerate(todo, 1))
     free = args.jobs
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        while pending or active:
-            # Start runs in order while their processes fit into the free job slots (a
-            # SyncSN run takes as many slots as it has processes, up to all of them).
-            while pending and min(pending[0][1].norm.processes, args.jobs) <= free:
-                i, run = pending.pop(0)
-                slots = min(run.norm.processes, args.jobs)
-                free -= slots
-                threads = _threads(args, run) if args.device == "cpu" else None
-                future = pool.submit(
-                    execute, run, args.device, run_dir[run.name], args.keep_checkpoints, threads
-                )
-                active[future] = (i, run, slots)
-                _print_start(i, len(todo), run, start, active, pending, results, args.jobs)
-            finished, _ = wait(active, return_when=FIRST_COMPLETED)
-            for future in finished:
-                i, run, slots = active.pop(future)
-                free += slots
-                try:
-                    result = future.result()
-                except RunFailed as e:
-                    failures.append((run.name, e))
-                    print(f"[run {i}/{len(todo)}] {run.name} FAILED: {e.reason}; log: {e.log}",
-                          flush=True)  # fmt: skip
-                    continue
-                results[run.name] = result
-                if result["status"] == "diverged":
-                    outcome = f"diverged at iteration {result['diverged_at']}"
-                else:
-                    outcome = f"box AP {_ap(result['box_ap'])}, mask AP {_ap(result['mask_ap'])}"
-                print(
-                    f"[run {i}/{len(todo)}] {run.name} done in {_duration(result['wall_s'])}: "
-                    f"{outcome}",
-                    flush=True,
-                )
+        try:
+            _run_all(args, todo, pending, active, free, run_dir, results, failures, start, pool)
+        except KeyboardInterrupt:
+            stop_all()  # the training commands run in their own process groups
+            print(
+                f"\nInterrupted: {len(active)} unfinished run(s) stopped; rerun the same command "
+                "to resume (finished runs are kept).",
+                file=sys.stderr,
+            )
+            return 130
 
     done = [results[run.name] for run in runs if results[run.name] is not None]
     title = (

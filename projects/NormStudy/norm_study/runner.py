@@ -17,18 +17,42 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional
 
 from .plan import CONFIG, REPO, Run
 
-__all__ = ["RunFailed", "RESULT_FILE", "read_result", "write_json_atomically", "execute"]
+__all__ = [
+    "RunFailed",
+    "RESULT_FILE",
+    "read_result",
+    "write_json_atomically",
+    "execute",
+    "stop_all",
+]
 
 RESULT_FILE = "result.json"
 LOG_FILE = "stdout.log"  # detectron2 itself writes log.txt in the same folder
 # detectron2's SimpleTrainer: "Loss became infinite or NaN at iteration=12!"
 _DIVERGED = re.compile(r"FloatingPointError: Loss became infinite or NaN at iteration=(\d+)")
+
+
+# Process groups of the training commands running now (runs may execute in threads).
+_running = set()
+_running_lock = threading.Lock()
+
+
+def stop_all() -> None:
+    """Kill every training command started by :func:`execute` that is still running (each
+    runs in its own process group, so its worker processes go too)."""
+    with _running_lock:
+        for pgid in _running:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @dataclass
@@ -139,8 +163,10 @@ def execute(
             stderr=subprocess.STDOUT,
             env=_child_env(threads),
             cwd=REPO,
-            start_new_session=True,  # its own process group: stopped as a whole below
+            start_new_session=True,  # its own process group: stopped as a whole
         )
+        with _running_lock:
+            _running.add(proc.pid)
         try:
             # wait4: this child's own CPU time (with its reaped descendants), correct even
             # while other runs execute concurrently.
@@ -149,6 +175,9 @@ def execute(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
+        finally:
+            with _running_lock:
+                _running.discard(proc.pid)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - start
     cpu = usage.ru_utime + usage.ru_stime
