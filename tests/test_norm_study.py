@@ -220,3 +220,13 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     assert os.path.isfile(os.path.join(unfinished, "result.json"))
     with open(os.path.join(unfinished, "last_checkpoint")) as f:
         assert f.read() != "model_half_done.pth"
+
+
+def test_outside_a_source_checkout_is_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "REPO", str(tmp_path))  # e.g. an installed wheel: no trainers
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--norms", "SSN"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs from a source checkout" in err[0]
+    assert "projects/SparseSN/train_net.py" in err[0]

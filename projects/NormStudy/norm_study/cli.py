@@ -8,7 +8,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import List, Optional
 
-from .plan import IMS_PER_PROCESS, NORMS, SIZES, plan_runs
+from .plan import CONFIG, IMS_PER_PROCESS, NORMS, REPO, SIZES, plan_runs
 from .report import write_report
 from .runner import RunFailed, execute, read_result, stop_all, write_json_atomically
 
@@ -106,6 +106,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--images must be a positive number of images")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f"--output {args.output!r} exists and is not a folder")
+    missing = [t for t in {NORMS[n].trainer for n in args.norms} if not os.path.isfile(
+        os.path.join(REPO, t))]  # fmt: skip
+    if missing or not os.path.isfile(CONFIG):
+        parser.error(
+            f"the study runs from a source checkout of sn_det, and {REPO} lacks "
+            f"{', '.join(missing) or CONFIG}"
+        )
     if args.device == "cuda":
         import torch
 

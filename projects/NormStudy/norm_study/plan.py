@@ -23,9 +23,13 @@ __all__ = [
     "schedule",
 ]
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO = os.path.dirname(os.path.dirname(PROJECT))
-CONFIG = os.path.join(PROJECT, "configs", "mask_rcnn_R_18_FPN_norm_study.yaml")
+# The trainers are the source checkout's scripts (projects/SparseSN/train_net.py is not part
+# of the installed package), so the study runs from a checkout: the folder above projects/.
+_HERE = os.path.dirname(os.path.abspath(__file__))  # projects/NormStudy/norm_study
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))
+CONFIG = os.path.join(
+    REPO, "projects", "NormStudy", "configs", "mask_rcnn_R_18_FPN_norm_study.yaml"
+)
 
 # The demo's schedule as shares of the run: lr 0.03 at 4 images per batch, warm-up over the
 # first 100/700 of the run, lr steps (x0.1) at 550/700 and 650/700.
