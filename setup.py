@@ -89,7 +89,7 @@ def shipped_configs():
 
 
 # package name -> folder under projects/ (as in sn_det/projects/__init__.py)
-PROJECTS = {"sparse_sn": "SparseSN", "sn_segmentation": "SNSegmentation"}
+PROJECTS = {"sparse_sn": "SparseSN", "sn_segmentation": "SNSegmentation", "norm_study": "NormStudy"}
 
 ext_modules, cmdclass = extensions()
 

@@ -156,6 +156,19 @@ def test_fixed_bn_choice_evaluates_as_batch_norm():
     assert_close(m(x), plain.eval()(x), what="BN-only evaluation")
 
 
+def test_importance_ratios_show_the_sparse_mixing():
+    """The importance charts/logs show what a Sparse SN layer mixes with (sparsestmax, one-hot
+    at the vertex radius), not the softmax of its logits."""
+    from sn_det.modeling import importance_ratios
+
+    m = _ssn(4, radius=vertex_radius(3))
+    with torch.no_grad():
+        m.mean_weight.copy_(torch.tensor([0.0, 0.1, 2.0]))
+        m.var_weight.copy_(torch.tensor([1.5, 0.1, 0.0]))
+    (row,) = importance_ratios(torch.nn.Sequential(m))
+    assert row.mean == pytest.approx((0.0, 0.0, 1.0)) and row.var == pytest.approx((1.0, 0.0, 0.0))
+
+
 def test_fixed_choices_take_no_gradient_and_checkpoints_round_trip(tmp_path):
     m = _ssn(4, radius=vertex_radius(3))
     assert m.fix_one_hot_choices() == 2

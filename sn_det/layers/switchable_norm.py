@@ -302,6 +302,12 @@ class SwitchNorm2d(nn.Module):
             self.running_var.add_(batch_mean**2 + batch_var)
             self.num_batches_accumulated += 1
 
+    @torch.jit.unused
+    def switch_weights(self) -> Tuple[Tensor, Tensor]:
+        """The mixing probabilities (mean, var), each (K,) with K = 3 (IN, LN, BN) or 2
+        without the BN term: the softmax of the switch logits (a sparse subclass overrides)."""
+        return torch.softmax(self.mean_weight, 0), torch.softmax(self.var_weight, 0)
+
     # ------------------------------------------------------------------ forward
     @torch.jit.unused
     def _switch_inputs(self) -> Tuple[Tensor, Tensor]:

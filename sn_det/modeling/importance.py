@@ -1,7 +1,8 @@
 """Importance ratios: how much each SN layer relies on IN, LN and BN statistics.
 
-A layer's shares are the softmax of its ``mean_weight`` (for the mean) and ``var_weight``
-(for the variance) logits: the weights of its IN/LN/BN mix. Layers are listed in network
+A layer's shares are its mixing probabilities (``switch_weights()``: the softmax of its
+``mean_weight`` (for the mean) and ``var_weight`` (for the variance) logits, a Sparse SN
+layer's sparsestmax of them): the weights of its IN/LN/BN mix. Layers are listed in network
 order and grouped by the part of a detectron2 R-CNN they belong to.
 """
 
@@ -58,8 +59,8 @@ def layer_group(name: str) -> str:
     return "other"
 
 
-def _shares(logits: torch.Tensor) -> Tuple[float, float, float]:
-    p = torch.softmax(logits.detach().double(), 0).tolist()
+def _shares(probs: torch.Tensor) -> Tuple[float, float, float]:
+    p = probs.detach().double().tolist()
     return tuple(p) if len(p) == 3 else (p[0], p[1], 0.0)
 
 
@@ -73,9 +74,6 @@ def importance_ratios(model: nn.Module) -> List[LayerImportance]:
         if isinstance(m, SwitchNorm2d) and id(m.mean_weight) not in seen:
             seen.add(id(m.mean_weight))
             name = name[len("module.") :] if name.startswith("module.") else name
-            rows.append(
-                LayerImportance(
-                    name, layer_group(name), _shares(m.mean_weight), _shares(m.var_weight)
-                )
-            )
+            mean_p, var_p = m.switch_weights()  # softmax, or a sparse layer's sparsestmax
+            rows.append(LayerImportance(name, layer_group(name), _shares(mean_p), _shares(var_p)))
     return sorted(rows, key=lambda r: GROUPS.index(r.group))  # stable: keeps module order

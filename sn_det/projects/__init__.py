@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = []
 
 # package name -> folder under projects/
-PROJECTS = {"sparse_sn": "SparseSN", "sn_segmentation": "SNSegmentation"}
+PROJECTS = {"sparse_sn": "SparseSN", "sn_segmentation": "SNSegmentation", "norm_study": "NormStudy"}
 
 _ROOT = Path(__file__).resolve().parent.parent.parent / "projects"
 
