@@ -4,7 +4,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .mapper import CheckedMapper, DatasetFileError
+from .mapper import CheckedMapper, DatasetFileError, check_segmentations
 from .synthetic import SYNTH_SPLITS, ensure_synthetic_dataset, register_synthetic_datasets
 from .synthetic_keypoints import (
     KEYPOINT_SPLITS,
@@ -20,6 +20,7 @@ from .synthetic_semseg import (
 __all__ = [
     "CheckedMapper",
     "DatasetFileError",
+    "check_segmentations",
     "prepare_datasets",
     "ensure_synthetic_dataset",
     "register_synthetic_datasets",

@@ -9,17 +9,24 @@ mapper so that
 - an image that cannot be read is a :class:`DatasetFileError` naming the file (the training
   tool prints it as one sentence and exits 2);
 - with masks on, an instance without a segmentation is skipped, with one warning naming the
-  image file and the annotation. This is what detectron2 itself does with polygons it cannot
-  use ("Filtered out N instances without valid segmentation" in ``load_coco_json``): a mask
-  model cannot learn from an instance without a mask, and a box-only instance in a box-only
-  dataset is common (converted annotations write ``[]``), so refusing the dataset would be
-  wrong. With masks off, the segmentation is not read at all, as in detectron2.
+  image file and the annotation (a backstop for mappers used on their own).
+
+The training loader checks the whole dataset first (:func:`check_segmentations`): with masks
+on, an instance without a segmentation refuses training before the first step, in one
+sentence naming the image file and the annotation, since a mask model cannot learn from it
+and skipping would silently train on fewer instances than the dataset claims. With masks
+off, segmentations are not read at all, as in detectron2.
 """
 
 import logging
 from typing import Callable, List
 
-__all__ = ["DatasetFileError", "CheckedMapper", "instances_without_segmentation"]
+__all__ = [
+    "DatasetFileError",
+    "CheckedMapper",
+    "check_segmentations",
+    "instances_without_segmentation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,37 @@ def instances_without_segmentation(annotations: List[dict]) -> List[int]:
     ]
 
 
+def _annotation_names(annotations: List[dict], indices: List[int]) -> str:
+    return ", ".join(
+        f"id {annotations[i]['id']}" if "id" in annotations[i] else f"#{i}" for i in indices
+    )
+
+
+def check_segmentations(dataset_dicts: List[dict]) -> None:
+    """Refuse a mask-model dataset that has instances without a segmentation.
+
+    Args:
+        dataset_dicts: detectron2's dataset dicts (``file_name``, ``annotations``).
+
+    Raises:
+        DatasetFileError: one sentence naming the first image file and its annotations, and
+            how many instances of the dataset are affected.
+    """
+    first, total = None, 0
+    for d in dataset_dicts:
+        bad = instances_without_segmentation(d.get("annotations") or [])
+        if bad:
+            total += len(bad)
+            if first is None:
+                first = (d.get("file_name", "?"), _annotation_names(d["annotations"], bad))
+    if first is not None:
+        raise DatasetFileError(
+            f"{first[0]} has an instance without a segmentation (annotation {first[1]}; "
+            f"{total} such instance(s) in the training set): a mask model needs a polygon or "
+            "RLE for every instance, so fix or remove them, or set MODEL.MASK_ON False"
+        )
+
+
 class CheckedMapper:
     """Wrap a dataset mapper (``DatasetMapper(cfg, is_train)`` or a project's) so that bad
     input names its file (see the module doc).
@@ -75,10 +113,7 @@ class CheckedMapper:
                 ]
                 if file_name not in self._warned:
                     self._warned.add(file_name)
-                    which = ", ".join(
-                        f"id {annotations[i]['id']}" if "id" in annotations[i] else f"#{i}"
-                        for i in bad
-                    )
+                    which = _annotation_names(annotations, bad)
                     logger.warning(
                         f"{file_name}: skipping {len(bad)} instance(s) without a segmentation "
                         f"(annotation {which}), as detectron2 skips unusable polygons"

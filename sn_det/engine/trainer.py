@@ -14,7 +14,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.engine import hooks as d2_hooks
 
 from ..checkpoint import SNDetectionCheckpointer
-from ..data import CheckedMapper
+from ..data import CheckedMapper, check_segmentations
 from ..data.resumable_loader import ResumableTrainLoader
 from ..modeling import build_model
 from .batch_average import recompute_sn_batch_statistics
@@ -125,6 +125,8 @@ class Trainer(DefaultTrainer):
         # build_detection_train_loader(cfg) calls): the sampler choice stays theirs.
         mapper = CheckedMapper(DatasetMapper(cfg, True), cfg.MODEL.MASK_ON)
         args = _train_loader_from_config(cfg, mapper=mapper)
+        if cfg.MODEL.MASK_ON and isinstance(args["dataset"], list):
+            check_segmentations(args["dataset"])  # before the first step, not mid-training
         if not isinstance(args["dataset"], list):  # an IterableDataset has no index stream
             logging.getLogger(__name__).warning(
                 "The training dataset is not a list: detectron2's loader is used, and a "
