@@ -192,6 +192,23 @@ def _damaged_files(root: str) -> List[str]:
     return damaged
 
 
+def publish_folder(tmp: str, root: str, is_complete) -> None:
+    """Move a freshly generated folder ``tmp`` to ``root`` in one rename, so readers see a
+    whole dataset or none.
+
+    Args:
+        is_complete: ``folder -> bool``; a damaged ``root`` is replaced, and when another
+            process wins the race its copy is kept only if it is complete.
+    """
+    if os.path.exists(root) and not is_complete(root):
+        shutil.rmtree(root, ignore_errors=True)  # a damaged copy: replace it
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        if not is_complete(root):  # someone else won the race only if theirs is whole
+            raise
+
+
 def _is_complete(root: str) -> bool:
     return os.path.isdir(root) and not _damaged_files(root)
 
@@ -226,13 +243,7 @@ def ensure_synthetic_dataset() -> str:
         for name, (num_images, seed) in SYNTH_SPLITS.items():
             _generate_split(tmp, name, num_images, seed)
         _write_manifest(tmp)  # last: a folder with a manifest is complete
-        if os.path.exists(root) and not _is_complete(root):
-            shutil.rmtree(root, ignore_errors=True)  # a damaged copy: replace it
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root):  # someone else won the race only if theirs is whole
-                raise
+        publish_folder(tmp, root, _is_complete)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _verified.add(root)

@@ -27,7 +27,13 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .synthetic import CATEGORIES, SYNTH_SPLITS, ensure_synthetic_dataset, synthetic_root
+from .synthetic import (
+    CATEGORIES,
+    SYNTH_SPLITS,
+    ensure_synthetic_dataset,
+    publish_folder,
+    synthetic_root,
+)
 
 __all__ = [
     "KEYPOINT_NAMES",
@@ -129,13 +135,7 @@ def ensure_keypoint_dataset() -> str:
             with open(os.path.join(tmp, os.path.basename(_paths(name)[0])), "w") as f:
                 json.dump(data, f)
         open(os.path.join(tmp, "COMPLETE"), "w").close()
-        if os.path.exists(root):
-            shutil.rmtree(root, ignore_errors=True)  # incomplete: replace it
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not os.path.isfile(os.path.join(root, "COMPLETE")):
-                raise
+        publish_folder(tmp, root, lambda folder: os.path.isfile(os.path.join(folder, "COMPLETE")))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root

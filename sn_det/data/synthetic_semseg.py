@@ -30,6 +30,7 @@ from .synthetic import (  # _paths: the instance set's layout, shared rather tha
     SYNTH_SPLITS,
     _paths,
     ensure_synthetic_dataset,
+    publish_folder,
     synthetic_root,
 )
 
@@ -118,13 +119,7 @@ def ensure_synthetic_semseg_dataset() -> str:
             for file_name, label in labels.items():
                 cv2.imwrite(os.path.join(out, file_name), label)  # png: lossless
         open(os.path.join(tmp, "COMPLETE"), "w").close()
-        if os.path.exists(root) and not _is_complete(root):
-            shutil.rmtree(root, ignore_errors=True)  # a damaged copy: replace it
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root):  # someone else won the race only if theirs is whole
-                raise
+        publish_folder(tmp, root, _is_complete)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
