@@ -14,6 +14,7 @@ as detectron2's ``tools/train_net.py`` chooses.
 
 import os
 
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
@@ -26,8 +27,10 @@ from detectron2.evaluation import (
     PascalVOCDetectionEvaluator,
     SemSegEvaluator,
 )
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
-__all__ = ["EVALUATOR_TYPES", "build_evaluator"]
+__all__ = ["EVALUATOR_TYPES", "build_evaluator", "sem_seg_evaluator", "load_label_image"]
 
 EVALUATOR_TYPES = (
     "coco",
@@ -38,6 +41,24 @@ EVALUATOR_TYPES = (
     "pascal_voc",
     "lvis",
 )
+
+
+def load_label_image(filename: str, dtype=None) -> np.ndarray:
+    """A label PNG as an (H, W) array: detectron2's default loader for SemSegEvaluator calls
+    ``np.array(image, copy=False)``, which numpy >= 2 refuses for PIL images."""
+    with PathManager.open(filename, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
+
+
+def sem_seg_evaluator(dataset_name: str, output_folder: str) -> SemSegEvaluator:
+    """detectron2's ``SemSegEvaluator`` (distributed), reading labels with
+    :func:`load_label_image` so it works with numpy 1 and 2."""
+    return SemSegEvaluator(
+        dataset_name,
+        distributed=True,
+        output_dir=output_folder,
+        sem_seg_loading_fn=load_label_image,
+    )
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder=None) -> DatasetEvaluator:
@@ -70,7 +91,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder=None) -> DatasetEvalua
         return LVISEvaluator(dataset_name, output_dir=output_folder)
     evaluators = []
     if evaluator_type in ("sem_seg", "coco_panoptic_seg"):
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        evaluators.append(sem_seg_evaluator(dataset_name, output_folder))
     if evaluator_type in ("coco", "coco_panoptic_seg"):
         # Keypoint AP needs one OKS sigma per keypoint unless there are COCO's 17 (whose
         # sigmas pycocotools knows); detectron2 keeps them in TEST.KEYPOINT_OKS_SIGMAS.

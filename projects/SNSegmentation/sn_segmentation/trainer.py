@@ -6,10 +6,10 @@ from collections import OrderedDict
 
 import detectron2.data.transforms as T
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader
-from detectron2.evaluation import SemSegEvaluator
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 
 from sn_det.engine import Trainer
+from sn_det.engine.evaluation import sem_seg_evaluator
 
 from .tta import SemanticSegmentorWithTTA
 
@@ -58,7 +58,7 @@ class SNSegTrainer(Trainer):
         if MetadataCatalog.get(dataset_name).get("evaluator_type") in SEM_SEG_EVALUATOR_TYPES:
             if output_folder is None:
                 output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+            return sem_seg_evaluator(dataset_name, output_folder)
         return super().build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
