@@ -57,6 +57,10 @@ echo "[setup] installing the pinned working set into $venv (first time: a few mi
   "wheel" "torch==2.3.1" "torchvision==0.18.1" "sal-detectron2==0.7.2" "fvcore" "iopath" \
   "pycocotools" "opencv-python-headless" "matplotlib" "tensorboard" "pytest" \
   "onnx" "onnxruntime"  # the export tests
+# PQ for panoptic evaluation (detectron2's COCOPanopticEvaluator imports panopticapi). Its
+# metadata asks for numpy<2 and scikit-image, which its code never imports: --no-deps.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+  --no-deps "panopticapi-lite"
 # --no-build-isolation: setup.py compiles sn_det's CPU kernels against the venv's torch.
 echo "[setup] building sn_det and its CPU kernels"
 # SN_DET_NATIVE=1: this .venv is only ever used on the machine that builds it, so the kernels

@@ -34,6 +34,9 @@ echo "[setup-latest] installing the newest torch, torchvision, numpy and sn_det'
 "${pip[@]}" torch torchvision numpy triton fvcore iopath yacs termcolor omegaconf hydra-core \
   pycocotools opencv-python-headless matplotlib tensorboard tabulate cloudpickle pytest \
   onnx onnxruntime
+# panopticapi (PQ): its metadata pins numpy<2 and asks for scikit-image, which its code never
+# imports; --no-deps keeps the newest numpy.
+"${pip[@]}" --no-deps panopticapi-lite
 echo "[setup-latest] adding detectron2's Python code (without its compiled _C)"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -11,6 +11,11 @@ from .synthetic_keypoints import (
     ensure_keypoint_dataset,
     register_keypoint_datasets,
 )
+from .synthetic_panoptic import (
+    PANOPTIC_SPLITS,
+    ensure_synthetic_panoptic_dataset,
+    register_synthetic_panoptic_datasets,
+)
 from .synthetic_semseg import (
     SEMSEG_SPLITS,
     ensure_synthetic_semseg_dataset,
@@ -31,24 +36,37 @@ __all__ = [
     "KEYPOINT_SPLITS",
     "ensure_keypoint_dataset",
     "register_keypoint_datasets",
+    "PANOPTIC_SPLITS",
+    "ensure_synthetic_panoptic_dataset",
+    "register_synthetic_panoptic_datasets",
     "GENERATED_DATASETS",
 ]
 
 register_synthetic_datasets()
 register_keypoint_datasets()
 register_synthetic_semseg_datasets()
+register_synthetic_panoptic_datasets()
 
 # The embedded datasets, generated on first use: name -> the function that makes it ready.
 GENERATED_DATASETS = {
     **{name: ensure_synthetic_dataset for name in SYNTH_SPLITS},
     **{name: ensure_keypoint_dataset for name in KEYPOINT_SPLITS},
     **{name: ensure_synthetic_semseg_dataset for name in SEMSEG_SPLITS},
+    **{name: ensure_synthetic_panoptic_dataset for name in PANOPTIC_SPLITS},
 }
 
 # Metadata attributes naming where a registered dataset's files live: COCO-style
-# (json_file, image_root), detectron2's sem_seg sets such as ADE20K (sem_seg_root) and
-# Cityscapes (image_dir, gt_dir).
-_PATH_ATTRS = ("json_file", "image_root", "sem_seg_root", "image_dir", "gt_dir")
+# (json_file, image_root), detectron2's sem_seg sets such as ADE20K (sem_seg_root),
+# Cityscapes (image_dir, gt_dir) and COCO panoptic (panoptic_json, panoptic_root).
+_PATH_ATTRS = (
+    "json_file",
+    "image_root",
+    "sem_seg_root",
+    "image_dir",
+    "gt_dir",
+    "panoptic_json",
+    "panoptic_root",
+)
 
 
 def prepare_datasets(cfg) -> None:
@@ -61,9 +79,12 @@ def prepare_datasets(cfg) -> None:
     Raises:
         FileNotFoundError: names the dataset, the missing path and how to set it.
         KeyError: an unregistered dataset name, listing a few registered ones.
+        ModuleNotFoundError: a panoptic test set without the panopticapi module.
     """
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         for name in getattr(cfg.DATASETS, key.split(".")[1]):
+            if key == "DATASETS.TEST" and name in DatasetCatalog.list():
+                _check_evaluator_dependencies(name)
             if name in GENERATED_DATASETS:
                 GENERATED_DATASETS[name]()
                 continue
@@ -81,6 +102,21 @@ def prepare_datasets(cfg) -> None:
                         f"dataset there, or set DETECTRON2_DATASETS to the folder that holds "
                         f"{_folder_hint(name)}"
                     )
+
+
+def _check_evaluator_dependencies(name: str) -> None:
+    """Refuse before training a test set whose evaluator needs a module that is missing:
+    detectron2 imports panopticapi only when PQ is computed, after the whole run."""
+    if MetadataCatalog.get(name).get("evaluator_type", None) != "coco_panoptic_seg":
+        return
+    try:
+        import panopticapi.evaluation  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError(
+            f"DATASETS.TEST names {name!r}, whose panoptic quality (PQ) is computed by the "
+            "panopticapi module, which is not installed; install it with "
+            "'pip install --no-deps panopticapi-lite==0.2.0' (it needs only numpy and pillow)"
+        ) from None
 
 
 def _folder_hint(name: str) -> str:

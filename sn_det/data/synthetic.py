@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import cv2
 import numpy as np
@@ -32,6 +32,7 @@ __all__ = [
     "synthetic_root",
     "ensure_synthetic_dataset",
     "register_synthetic_datasets",
+    "replay_split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,19 +75,23 @@ def _shape_polygon(
     return np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], axis=1)
 
 
-def _background(rng: np.random.RandomState) -> np.ndarray:
+def _background(rng: np.random.RandomState) -> Tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) (S, S, 3) float backgrounds: a linear gradient between two random
+    colours, across or down the image, and that gradient plus pixel noise, clipped."""
     s = IMAGE_SIZE
     c0, c1 = rng.uniform(30, 225, size=(2, 3))
     t = np.linspace(0, 1, s)[None, :, None]
     if rng.rand() < 0.5:
         t = t.transpose(1, 0, 2)
-    img = c0 * (1 - t) + c1 * t + rng.normal(0, 8, size=(s, s, 3))
-    return np.clip(img, 0, 255)
+    clean = c0 * (1 - t) + c1 * t
+    img = clean + rng.normal(0, 8, size=(s, s, 3))
+    return np.clip(img, 0, 255), np.broadcast_to(clean, img.shape)  # clean is (1|S, S|1, 3)
 
 
-def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[dict]]:
-    """One RGB uint8 image and its annotations (category_id, polygon, bbox, area)."""
-    img = _background(rng)
+def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[dict], np.ndarray]:
+    """One RGB uint8 image, its annotations (category_id, polygon, bbox, area), and its
+    noise-free (S, S, 3) float background (the panoptic set's stuff is defined on it)."""
+    img, clean = _background(rng)
     anns: List[dict] = []
     boxes: List[Tuple[float, float, float, float]] = []
     for _ in range(rng.randint(1, 5)):
@@ -121,17 +126,25 @@ def _make_image(rng: np.random.RandomState) -> Tuple[np.ndarray, List[dict]]:
                 "iscrowd": 0,
             }
         )
-    return np.clip(img, 0, 255).astype(np.uint8), anns
+    return np.clip(img, 0, 255).astype(np.uint8), anns, clean
 
 
-def _generate_split(root: str, name: str, num_images: int, seed: int) -> None:
+def replay_split(name: str) -> Iterator[Tuple[np.ndarray, List[dict], np.ndarray]]:
+    """Regenerate split ``name`` image by image from its seed, exactly as it was written:
+    yields (image, annotations, clean background) per image, in file order. Lets derived
+    sets (panoptic stuff) use what the files do not store, without a second random stream."""
+    num_images, seed = SYNTH_SPLITS[name]
+    rng = np.random.RandomState(seed)
+    for _ in range(num_images):
+        yield _make_image(rng)
+
+
+def _generate_split(root: str, name: str) -> None:
     json_file, image_dir = _paths(root, name)
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.dirname(json_file), exist_ok=True)
-    rng = np.random.RandomState(seed)
     images, annotations = [], []
-    for i in range(num_images):
-        img, anns = _make_image(rng)
+    for i, (img, anns, _) in enumerate(replay_split(name)):
         file_name = f"{i:05d}.png"
         cv2.imwrite(os.path.join(image_dir, file_name), img[:, :, ::-1])  # cv2 writes BGR
         images.append(
@@ -240,8 +253,8 @@ def ensure_synthetic_dataset() -> str:
     logger.info(f"Generating the synthetic dataset into {root} ...")
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.", dir=parent)
     try:
-        for name, (num_images, seed) in SYNTH_SPLITS.items():
-            _generate_split(tmp, name, num_images, seed)
+        for name in SYNTH_SPLITS:
+            _generate_split(tmp, name)
         _write_manifest(tmp)  # last: a folder with a manifest is complete
         publish_folder(tmp, root, _is_complete)
     finally:

@@ -97,7 +97,7 @@ def setup_cfg(args, default=True, config_adders=()):
 
     Raises:
         ConfigError: a missing or unreadable config file, a key typo, an unknown norm or
-            dataset, a missing dataset path, a CUDA device on a machine without one, SN
+            dataset, a missing dataset path or evaluator module, a CUDA device on a machine without one, SN
             batch-average mode without the averaging pass, or a batch that does not divide
             over the processes.
     """
@@ -113,7 +113,7 @@ def setup_cfg(args, default=True, config_adders=()):
     try:
         check_norm_config(cfg)
         prepare_datasets(cfg)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
         raise ConfigError(str(e.args[0] if e.args else e)) from None
     cfg.freeze()
     if default:
