@@ -255,8 +255,55 @@ def test_empty_segmentation_refuses_training_before_the_first_step(tmp_path):
     code, log = _train_on(str(tmp_path))
     image = os.path.join(coco, "train2017", first["file_name"])
     # detectron2's COCO loader drops annotation ids: the instance is named by its position.
-    one_sentence_exit_2(code, log, f"error: {image} has an instance without a segmentation", "MASK_ON")
+    one_sentence_exit_2(
+        code, log, f"error: {image} has an instance without a segmentation", "MASK_ON"
+    )
     assert "Starting training from iteration" not in log  # refused before the first step
+
+
+def test_truncated_training_json_names_the_file(tmp_path):
+    coco, data = coco_style_dataset(str(tmp_path))
+    _write(coco, data)
+    ann = os.path.join(coco, "annotations", "instances_train2017.json")
+    with open(ann, "r+b") as f:
+        f.truncate(os.path.getsize(ann) // 2)  # an interrupted download
+    code, log = _train_on(str(tmp_path))
+    one_sentence_exit_2(
+        code, log, f"error: {ann}, the json_file of dataset 'coco_2017_train', is not valid JSON"
+    )
+    assert "Starting training from iteration" not in log
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b'{"images": [', "is not valid JSON"),
+        (b'{"images": "\xff"}', "is not UTF-8 text"),
+        (b"[1, 2]", "not COCO annotations (a list without 'images')"),
+    ],
+)
+def test_unreadable_test_set_json_is_refused_before_training(tmp_path, content, reason):
+    coco, data = coco_style_dataset(str(tmp_path))
+    _write(coco, data)
+    os.makedirs(os.path.join(coco, "val2017"))
+    val = os.path.join(coco, "annotations", "instances_val2017.json")
+    with open(val, "wb") as f:
+        f.write(content)
+    code, log = train_net(
+        "--config-file",
+        INSTANT,
+        "DATASETS.TRAIN",
+        "('coco_2017_train',)",
+        "DATASETS.TEST",
+        "('coco_2017_val',)",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        env={"DETECTRON2_DATASETS": str(tmp_path)},
+    )
+    one_sentence_exit_2(
+        code, log, f"error: {val}, the json_file of dataset 'coco_2017_val'", reason
+    )
+    assert "Starting training from iteration" not in log
 
 
 def test_checked_mapper_names_annotation_ids_and_keeps_the_rest():

@@ -4,6 +4,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .annotation_files import annotation_files_named, check_annotation_files
 from .mapper import CheckedMapper, DatasetFileError, check_segmentations
 from .synthetic import SYNTH_SPLITS, ensure_synthetic_dataset, register_synthetic_datasets
 from .synthetic_keypoints import (
@@ -23,6 +24,8 @@ from .synthetic_semseg import (
 )
 
 __all__ = [
+    "annotation_files_named",
+    "check_annotation_files",
     "CheckedMapper",
     "DatasetFileError",
     "check_segmentations",
@@ -80,6 +83,7 @@ def prepare_datasets(cfg) -> None:
         FileNotFoundError: names the dataset, the missing path and how to set it.
         KeyError: an unregistered dataset name, listing a few registered ones.
         ModuleNotFoundError: a panoptic test set without the panopticapi module.
+        DatasetFileError: a test set's json annotation file that is not valid json.
     """
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         for name in getattr(cfg.DATASETS, key.split(".")[1]):
@@ -102,6 +106,8 @@ def prepare_datasets(cfg) -> None:
                         f"dataset there, or set DETECTRON2_DATASETS to the folder that holds "
                         f"{_folder_hint(name)}"
                     )
+            if key == "DATASETS.TEST":  # read only after training: parse them now
+                check_annotation_files([name])
 
 
 def _check_evaluator_dependencies(name: str) -> None:

@@ -10,7 +10,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import get_sn_cfg
-from ..data import prepare_datasets
+from ..data import DatasetFileError, prepare_datasets
 from ..modeling import check_norm_config
 
 __all__ = ["setup_cfg", "load_cfg", "default_sn_setup", "ConfigError"]
@@ -97,7 +97,8 @@ def setup_cfg(args, default=True, config_adders=()):
 
     Raises:
         ConfigError: a missing or unreadable config file, a key typo, an unknown norm or
-            dataset, a missing dataset path or evaluator module, a CUDA device on a machine without one, SN
+            dataset, a missing dataset path or evaluator module, a test set's unreadable
+            annotation file, a CUDA device on a machine without one, SN
             batch-average mode without the averaging pass, or a batch that does not divide
             over the processes.
     """
@@ -113,7 +114,7 @@ def setup_cfg(args, default=True, config_adders=()):
     try:
         check_norm_config(cfg)
         prepare_datasets(cfg)
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ImportError, DatasetFileError) as e:
         raise ConfigError(str(e.args[0] if e.args else e)) from None
     cfg.freeze()
     if default:

@@ -14,7 +14,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.engine import hooks as d2_hooks
 
 from ..checkpoint import SNDetectionCheckpointer
-from ..data import CheckedMapper, check_segmentations
+from ..data import CheckedMapper, annotation_files_named, check_segmentations
 from ..data.resumable_loader import ResumableTrainLoader
 from ..modeling import build_model
 from .batch_average import recompute_sn_batch_statistics
@@ -124,7 +124,8 @@ class Trainer(DefaultTrainer):
         # detectron2's own reading of the config (private, but it is what
         # build_detection_train_loader(cfg) calls): the sampler choice stays theirs.
         mapper = CheckedMapper(DatasetMapper(cfg, True), cfg.MODEL.MASK_ON)
-        args = _train_loader_from_config(cfg, mapper=mapper)
+        with annotation_files_named(cfg.DATASETS.TRAIN):  # a corrupt json named, not a traceback
+            args = _train_loader_from_config(cfg, mapper=mapper)
         if cfg.MODEL.MASK_ON and isinstance(args["dataset"], list):
             check_segmentations(args["dataset"])  # before the first step, not mid-training
         if not isinstance(args["dataset"], list):  # an IterableDataset has no index stream
@@ -174,7 +175,8 @@ class Trainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name):
         # Test-time mapping drops the annotations, so only images are checked.
         mapper = CheckedMapper(DatasetMapper(cfg, False), mask_on=False)
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        with annotation_files_named([dataset_name]):
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_model(cls, cfg):

@@ -1,0 +1,91 @@
+"""Annotation files that cannot be read, named in one sentence.
+
+detectron2's loaders read a dataset's json with ``json.load`` and let the error out as it
+is: a truncated or hand-edited ``instances_train2017.json`` ends training with
+``json.decoder.JSONDecodeError: Expecting ',' delimiter: line 1 column 52 (char 51)``,
+naming neither the file nor the dataset. Here:
+
+- :func:`check_annotation_files` parses a dataset's annotation files up front (used for test
+  sets, which detectron2 reads only after training);
+- :func:`annotation_files_named` turns such an error raised while a dataset is being
+  loaded into a :class:`DatasetFileError` naming the file (used around the training loader,
+  whose files are too large to parse twice).
+"""
+
+import contextlib
+import json
+from typing import Iterable, Optional, Tuple
+
+from detectron2.data import MetadataCatalog
+
+from .mapper import DatasetFileError
+
+__all__ = ["ANNOTATION_ATTRS", "check_annotation_files", "annotation_files_named"]
+
+# Metadata attributes naming a dataset's json annotation files.
+ANNOTATION_ATTRS = ("json_file", "panoptic_json")
+
+
+def _json_problem(path: str) -> Optional[str]:
+    """Why ``path`` is not a COCO-style json object, or None when it is one."""
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text: {e.reason} at byte {e.start}"
+    except ValueError as e:  # json.JSONDecodeError
+        return f"not valid JSON: {e}"
+    if not isinstance(data, dict) or "images" not in data:
+        return f"valid JSON but not COCO annotations (a {type(data).__name__} without 'images')"
+    return None
+
+
+def _first_problem(names: Iterable[str]) -> Optional[Tuple[str, str, str, str]]:
+    """(dataset, attribute, path, problem) of the first unreadable annotation file."""
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        for attr in ANNOTATION_ATTRS:
+            path = meta.get(attr, None)
+            if not path:
+                continue
+            try:
+                problem = _json_problem(path)
+            except OSError:  # missing files are prepare_datasets' sentence
+                continue
+            if problem:
+                return name, attr, path, problem
+    return None
+
+
+def _error(problem: Tuple[str, str, str, str]) -> DatasetFileError:
+    name, attr, path, reason = problem
+    return DatasetFileError(
+        f"{path}, the {attr} of dataset {name!r}, is {reason}; restore the file (for COCO, "
+        "download it again) or point the dataset at a good copy"
+    )
+
+
+def check_annotation_files(names: Iterable[str]) -> None:
+    """Parse the json annotation files of the datasets ``names``.
+
+    Raises:
+        DatasetFileError: the first file that is not valid json with an ``images`` list.
+    """
+    problem = _first_problem(names)
+    if problem:
+        raise _error(problem)
+
+
+@contextlib.contextmanager
+def annotation_files_named(names: Iterable[str]):
+    """Within the block, an error from reading one of ``names``' json annotation files
+    becomes a :class:`DatasetFileError` naming it. Errors that no annotation file explains
+    pass through unchanged; the files are parsed again only after such an error."""
+    names = list(names)
+    try:
+        yield
+    except (ValueError, KeyError, TypeError):
+        problem = _first_problem(names)
+        if problem is None:
+            raise
+        raise _error(problem) from None
