@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, in one command that fits one device call (~7 minutes on an
+# H100/H200): the project's GPU machine is lent for 15 minutes a session, start included,
+# so this is prepared and tested here and run there as it is.
+#
+# There (repository root, .gpu_carry carried; see scripts/gpu_carry.sh):
+#   bash scripts/gpu_checks.sh            # logs and results under $OUT (default /tmp/sn_gpu)
+#
+# In order of what matters if time runs out:
+#   1. env.txt     GPU, driver, Python/torch/triton versions
+#   2. tests.log   the Triton kernel tests on CUDA tensors (float64 reference, CUDA-graph
+#                  capture) and the SN layer tests (CUDA paths included)
+#   3. bench.md    tools/benchmark_sn.py --device cuda: layers vs cuDNN BN and GN (fp32,
+#                  AMP), and the Mask R-CNN R50-FPN step with FrozenBN/BN/GN/SN; bench.log
+#   4. seg.log     the SNSegmentation README command with MODEL.DEVICE cuda (mIoU)
+# Each step has its own time limit (GPU_CHECK_LIMITS="tests bench seg" seconds) and a
+# failing step does not stop the next; the exit status is the number of failed steps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+out=${OUT:-/tmp/sn_gpu}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+read -r limit_tests limit_bench limit_seg <<<"${GPU_CHECK_LIMITS:-150 270 120}"
+if [[ -d .gpu_carry/site ]]; then
+  export PYTHONPATH="$PWD/.gpu_carry/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+failed=0
+start=$SECONDS
+
+step() {  # step NAME LIMIT LOG COMMAND...: run with a time limit, log, report
+  local name=$1 limit=$2 log=$3
+  shift 3
+  echo "[gpu-checks] $name (limit ${limit}s) at $((SECONDS - start))s"
+  timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  echo "[gpu-checks] $name: exit $rc after $((SECONDS - start))s; last lines:"
+  tail -n 4 "$log" | sed 's/^/    /'
+  ((rc == 0)) || failed=$((failed + 1))
+}
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  "$python" - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      "available", torch.cuda.is_available())
+try:
+    import triton; print("triton", triton.__version__)
+except ImportError as e:
+    print("no triton:", e)
+import detectron2, sn_det; print("detectron2", detectron2.__version__, "from", detectron2.__file__)
+EOF
+} >"$out/env.txt" 2>&1
+cat "$out/env.txt"
+if ! "$python" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "[gpu-checks] error: no CUDA GPU visible to $python; nothing here would test the GPU"
+  exit 99
+fi
+
+# -n: pytest-xdist (on the GPU machine) compiles the Triton variants on several cores.
+xdist=()
+"$python" -c "import xdist" 2>/dev/null && xdist=(-n 8)
+step tests "$limit_tests" "$out/tests.log" "$python" -m pytest -q -p no:cacheprovider \
+  "${xdist[@]}" tests/test_switch_norm_triton.py tests/test_switchable_norm.py
+step bench "$limit_bench" "$out/bench.log" "$python" tools/benchmark_sn.py --device cuda \
+  --out "$out/bench.md"
+step seg "$limit_seg" "$out/seg.log" "$python" projects/SNSegmentation/train_net.py \
+  --config-file projects/SNSegmentation/configs/quick_schedules/deeplab_v3plus_R_50_sn_synth_demo.yaml \
+  MODEL.DEVICE cuda OUTPUT_DIR /tmp/sn_gpu_seg
+grep -h "mIoU" "$out/seg.log" | tail -n 2
+echo "[gpu-checks] done in $((SECONDS - start))s, $failed failed step(s); files in $out:"
+ls "$out"
+exit "$failed"
