@@ -3,7 +3,7 @@
 # H100/H200): the project's GPU machine is lent for 15 minutes a session, start included,
 # so this is prepared and tested here and run there as it is.
 #
-# There (repository root, .gpu_carry carried; see scripts/gpu_carry.sh):
+# Usage, there (repository root, .gpu_carry carried; see scripts/gpu_carry.sh):
 #   bash scripts/gpu_checks.sh            # logs and results under $OUT (default /tmp/sn_gpu)
 #
 # In order of what matters if time runs out:

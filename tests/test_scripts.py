@@ -115,3 +115,30 @@ def test_convert_recognises_the_authors_download_names(tmp_path):
     ]
     assert "use it with MODEL.SN.USING_BN False" in proc.stdout
     assert "Conv_Body.conv_body.res1.sn1.weight -> stem.conv1.norm.weight" in proc.stdout
+
+
+@pytest.mark.parametrize("script", ["gpu_carry.sh", "gpu_checks.sh"])
+def test_gpu_scripts_are_executable_and_name_existing_files(script):
+    path = os.path.join(SCRIPTS, script)
+    assert os.access(path, os.X_OK), f"{script} is not executable"
+    with open(path) as f:
+        text = f.read()
+    assert text.startswith("#!/usr/bin/env bash\n") and "Usage" in text
+    assert subprocess.run(["bash", "-n", path]).returncode == 0
+    named = re.findall(r"(?:tests|tools|projects)/[\w/.-]+\.(?:py|yaml)", text)
+    assert named or script == "gpu_carry.sh"
+    for rel in named:
+        assert os.path.exists(os.path.join(REPO, rel)), f"{script} names a missing {rel}"
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the refusal without a GPU"
+)
+def test_gpu_checks_without_a_gpu_say_so_and_test_nothing(tmp_path):
+    proc = run("gpu_checks.sh", env={"OUT": str(tmp_path)})
+    assert proc.returncode == 99, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"[gpu-checks] error: no CUDA GPU visible to {sys.executable}; nothing here would test "
+        "the GPU"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["env.txt"]
