@@ -117,3 +117,73 @@ def test_a_published_imagenet_model_shows_its_resnet(tmp_path):
     stem = torch.softmax(published["state_dict"]["module.sn1.var_weight"].double(), 0)
     got = torch.tensor([float(rows[0][f"var_{t}"]) for t in ("IN", "LN", "BN")])
     assert torch.allclose(got, stem.float(), atol=2e-6)
+
+
+def plain_sparsemax(z):
+    """Euclidean projection of z onto the simplex (Martins & Astudillo), in float64."""
+    z = [float(v) for v in z]
+    s = sorted(z, reverse=True)
+    k = max(k for k in range(1, len(s) + 1) if 1 + k * s[k - 1] > sum(s[:k]))
+    tau = (sum(s[:k]) - 1) / k
+    return [max(v - tau, 0.0) for v in z]
+
+
+def test_a_sparse_sn_checkpoint_through_the_project_option(tmp_path):
+    """Sparse SN layers are shown with their own mixing: a fixed choice one-hot, an open one
+    sparsemax of its logits (radius 0). The project's keys come from the config's folder, or
+    from --project for a config.yaml dumped into a run's folder."""
+    from sn_det.config import get_sn_cfg
+    from sn_det.modeling import build_model
+    from sn_det.projects.sparse_sn import SparseSwitchNorm2d, add_sparse_sn_config
+
+    config = os.path.join(
+        REPO,
+        "projects",
+        "SparseSN",
+        "configs",
+        "quick_schedules",
+        "mask_rcnn_ssn_instant_test.yaml",
+    )
+    cfg = get_sn_cfg((add_sparse_sn_config,))
+    cfg.merge_from_file(config)
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    expected = {}
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SparseSwitchNorm2d)]
+    assert len(layers) > 20
+    for i, (name, m) in enumerate(layers):
+        with torch.no_grad():
+            m.mean_weight.copy_(torch.randn(3, generator=g))
+            m.var_weight.copy_(torch.randn(3, generator=g))
+            m.mean_choice.fill_(i % 3)
+        expected[name] = (
+            [1.0 if t == i % 3 else 0.0 for t in range(3)],
+            plain_sparsemax(m.var_weight),
+        )
+    ckpt = str(tmp_path / "ssn.pth")
+    torch.save({"model": model.state_dict()}, ckpt)
+    dumped = tmp_path / "config.yaml"
+    dumped.write_text(cfg.dump())
+
+    for args in (
+        ["--config-file", config],
+        ["--project", "SparseSN", "--config-file", str(dumped)],
+    ):
+        out = str(tmp_path / "vis")
+        proc = run("--ckpt", ckpt, *args, "--out", out)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with open(os.path.join(out, "sn_importance.csv")) as f:
+            rows = {r["layer"]: r for r in csv.DictReader(f)}
+        assert sorted(rows) == sorted(expected)
+        for name, (mean, var) in expected.items():
+            got_mean = [float(rows[name][f"mean_{t}"]) for t in ("IN", "LN", "BN")]
+            got_var = [float(rows[name][f"var_{t}"]) for t in ("IN", "LN", "BN")]
+            assert got_mean == mean, name
+            assert max(abs(a - b) for a, b in zip(got_var, var)) < 2e-6, (name, got_var, var)
+        for f in os.listdir(out):
+            os.remove(os.path.join(out, f))
+
+    proc = run("--ckpt", ckpt, "--config-file", str(dumped), "--out", str(tmp_path / "no"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Non-existent config key: MODEL.SSN" in proc.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(tmp_path / "no")

@@ -2,7 +2,14 @@ from .batch_average import batch_average_layers, recompute_sn_batch_statistics
 from .evaluation import EVALUATOR_TYPES, build_evaluator
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer, get_sn_optimizer_params, sn_optimizer_params
-from .setup import ConfigError, default_sn_setup, load_cfg, setup_cfg
+from .setup import (
+    ConfigError,
+    add_project_argument,
+    default_sn_setup,
+    load_cfg,
+    project_config_adders,
+    setup_cfg,
+)
 from .trainer import Trainer
 
 __all__ = [
@@ -11,12 +18,14 @@ __all__ = [
     "SNBatchAverage",
     "SNImportanceLogger",
     "Trainer",
+    "add_project_argument",
     "batch_average_layers",
     "build_evaluator",
     "build_sn_optimizer",
     "default_sn_setup",
     "get_sn_optimizer_params",
     "load_cfg",
+    "project_config_adders",
     "recompute_sn_batch_statistics",
     "setup_cfg",
     "sn_optimizer_params",

@@ -12,12 +12,37 @@ from detectron2.utils.logger import setup_logger
 from ..config import get_sn_cfg
 from ..data import DatasetFileError, prepare_datasets
 from ..modeling import check_norm_config
+from ..projects import CONFIG_ADDERS, config_adders, project_of
 
-__all__ = ["setup_cfg", "load_cfg", "default_sn_setup", "ConfigError"]
+__all__ = [
+    "setup_cfg",
+    "load_cfg",
+    "default_sn_setup",
+    "ConfigError",
+    "add_project_argument",
+    "project_config_adders",
+]
 
 
 class ConfigError(Exception):
     """A config that cannot run as written; the message is one sentence for the user."""
+
+
+def add_project_argument(parser) -> None:
+    """``--project``: for tools that read any config, the project whose config keys it
+    needs (default: the project folder the config file lies in, if any)."""
+    parser.add_argument(
+        "--project",
+        choices=sorted(CONFIG_ADDERS),
+        help="the project whose config keys the config uses (default: the projects/<Folder> "
+        "the config file lies in; needed for a run's config.yaml of a project model)",
+    )
+
+
+def project_config_adders(args) -> tuple:
+    """The config adders of ``args.project``, or of the project folder holding
+    ``args.config_file``; () for neither."""
+    return config_adders(getattr(args, "project", None) or project_of(args.config_file))
 
 
 def _check_weights(cfg, resume: bool) -> None:

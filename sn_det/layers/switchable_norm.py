@@ -344,7 +344,9 @@ class SwitchNorm2d(nn.Module):
                 return self._forward_ops(x, mean_weight, var_weight, self.switch_probabilities)
         return self._forward_ops(x, mean_weight, var_weight, self.switch_probabilities)
 
-    def _forward_ops(self, x: Tensor, mean_weight: Tensor, var_weight: Tensor, probs: bool) -> Tensor:
+    def _forward_ops(
+        self, x: Tensor, mean_weight: Tensor, var_weight: Tensor, probs: bool
+    ) -> Tensor:
         """SN as plain torch ops differentiated by autograd: the same stable statistics as
         the other paths, statistics in float32 for half-precision input. TorchScript- and
         dynamo-traceable; used by scripting and torch.compile.

@@ -54,4 +54,3 @@ def build_sn_resnet_deeplab_backbone(cfg, input_shape: ShapeSpec) -> DeepLabResN
     if cfg.MODEL.SN.LAST_GAMMA:
         zero_init_last_sn(resnet)
     return freeze_sn_stages(resnet, freeze_at)
-

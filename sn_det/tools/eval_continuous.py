@@ -28,7 +28,14 @@ from detectron2.evaluation.testing import flatten_results_dict
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.checkpoint.resume_files import CHECKPOINT_NAME, checkpoint_order
-from sn_det.engine import ConfigError, Trainer, default_sn_setup, setup_cfg
+from sn_det.engine import (
+    ConfigError,
+    Trainer,
+    add_project_argument,
+    default_sn_setup,
+    project_config_adders,
+    setup_cfg,
+)
 
 EXAMPLES = """examples:
   # alongside a training run (in another shell):
@@ -59,6 +66,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--poll", type=float, default=10.0, help="seconds between looks at the folder"
     )
+    add_project_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 
@@ -171,7 +179,7 @@ def run(args) -> int:
     ]
     args.resume = False
     args.eval_only = True
-    cfg = setup_cfg(args, default=False)
+    cfg = setup_cfg(args, default=False, config_adders=project_config_adders(args))
     if not cfg.DATASETS.TEST:
         raise ConfigError("DATASETS.TEST is empty: nothing to evaluate the checkpoints on")
     default_sn_setup(cfg, args)

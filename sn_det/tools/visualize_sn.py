@@ -24,7 +24,7 @@ from sn_det.checkpoint import (
     CheckpointConversionError,
     SNDetectionCheckpointer,
 )
-from sn_det.engine import ConfigError, load_cfg
+from sn_det.engine import ConfigError, add_project_argument, load_cfg, project_config_adders
 from sn_det.modeling import TERMS, build_model, check_norm_config, importance_ratios
 
 EXAMPLES = """examples:
@@ -33,6 +33,9 @@ EXAMPLES = """examples:
   # a published ImageNet SN model (converted in memory; its ResNet's SN layers):
   tools/visualize_sn.py --ckpt resnet50_sn_8x32.pth \\
       --config-file configs/sn_baselines/faster_rcnn_R_50_FPN_2x_sn.yaml --out sn_8x32
+  # a Sparse SN run (its config.yaml in OUTPUT_DIR needs the project's keys):
+  tools/visualize_sn.py --project SparseSN --ckpt output/ssn/model_final.pth \\
+      --config-file output/ssn/config.yaml --out output/ssn/sn
 """
 
 RESNET_GROUPS = ("stem", "res2", "res3", "res4", "res5", "res5 head")
@@ -55,13 +58,14 @@ def parse_args(argv=None):
         help="DANGEROUS: fully unpickle a --ckpt that references code (it can run anything); "
         "only for a file you trust (same as SN_DET_TRUST_CHECKPOINTS=1)",
     )
+    add_project_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
 
 
 def load_rows(args):
     """The importance ratios of the checkpoint's SN layers, in network order."""
-    cfg = load_cfg(args.config_file, args.opts)
+    cfg = load_cfg(args.config_file, args.opts, project_config_adders(args))
     cfg.MODEL.DEVICE = "cpu"  # reading weights needs no GPU
     try:
         check_norm_config(cfg)
