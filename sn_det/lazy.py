@@ -12,16 +12,25 @@ there:
 The optimizer counterpart is ``L(sn_optimizer_params)(weight_decay_norm=0.0)``
 (``sn_det.engine.sn_optimizer_params``), which gives SN's parameters the same weight-decay
 rules as the yacs path.
+
+Build the model with :func:`build_lazy_model` rather than a bare ``instantiate``: it adds
+what ``sn_det.modeling.build_model`` adds to a yacs model (frozen SN in the stages the ResNet
+froze, per-level SN statistics in RetinaNet's head).
 """
 
 from typing import Any, List
 
 from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
+from detectron2.modeling.backbone import ResNet
 from omegaconf import DictConfig, ListConfig
+from torch import nn
 
 from .layers.norm import _NORM_BUILDERS, SNNorm
+from .modeling.backbone import freeze_sn_stages
+from .modeling.retinanet import cycle_retinanet_switch_norms
 
-__all__ = ["resolve_lazy_norms"]
+__all__ = ["resolve_lazy_norms", "build_lazy_model", "frozen_stage_count"]
 
 
 def _is_norm_key(key) -> bool:
@@ -50,3 +59,36 @@ def resolve_lazy_norms(node: Any, _path: str = "") -> List[str]:
             if isinstance(value, (DictConfig, ListConfig)):
                 replaced += resolve_lazy_norms(value, f"{_path}[{i}]")
     return replaced
+
+
+def frozen_stage_count(resnet: ResNet) -> int:
+    """How many leading stages of a built ResNet (stem = 1, res2 = 2, ...) its ``freeze_at``
+    froze: detectron2's ``ResNet.freeze`` sets ``requires_grad = False`` on every parameter
+    of those stages, and on no other."""
+    count = 0
+    for stage in (resnet.stem, *resnet.stages):
+        params = list(stage.parameters())
+        if not params or any(p.requires_grad for p in params):
+            break
+        count += 1
+    return count
+
+
+def build_lazy_model(model_cfg) -> nn.Module:
+    """``instantiate(model_cfg)`` plus what sn_det adds to a yacs-built model:
+
+    - the SN layers of the stages each ResNet froze (its ``freeze_at``) are frozen too
+      (normalise with their running statistics and never update them), where detectron2
+      turns only BatchNorm into FrozenBatchNorm: the LazyConfig form of
+      ``MODEL.BACKBONE.FREEZE_AT``;
+    - RetinaNet's head gets SN statistics per FPN level.
+
+    Args:
+        model_cfg: the config's ``model`` node, its norm names resolved
+            (:func:`resolve_lazy_norms`).
+    """
+    model = instantiate(model_cfg)
+    for module in model.modules():
+        if isinstance(module, ResNet):
+            freeze_sn_stages(module, frozen_stage_count(module))
+    return cycle_retinanet_switch_norms(model)

@@ -92,3 +92,59 @@ def test_lazyconfig_train_net_bad_config_is_one_sentence(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: cannot read the config file")
     assert "Traceback" not in proc.stderr
+
+
+def test_frozen_stages_freeze_their_sn_layers_as_the_yacs_path_does():
+    """freeze_at=2 (the R-50 recipe's): detectron2 freezes the parameters of the stem and
+    res2 and turns only BatchNorm into FrozenBatchNorm; build_lazy_model also freezes their
+    SN layers, which then never update their running statistics."""
+    from sn_det.lazy import build_lazy_model, frozen_stage_count
+
+    cfg = model_zoo.get_config(TINY)
+    for freeze_at in (0, 2):
+        cfg.model.backbone.bottom_up.freeze_at = freeze_at
+        model = build_lazy_model(cfg.model)
+        resnet = model.backbone.bottom_up
+        assert frozen_stage_count(resnet) == freeze_at
+        frozen = {
+            name.split(".")[0]: m.frozen
+            for name, m in resnet.named_modules()
+            if isinstance(m, SwitchNorm2d)
+        }
+        assert frozen == {
+            "stem": freeze_at >= 1,
+            "res2": freeze_at >= 2,
+            "res3": False,
+            "res4": False,
+            "res5": False,
+        }
+        model.train()
+        stem_norm = resnet.stem.conv1.norm
+        before = stem_norm.running_mean.clone()
+        resnet(torch.randn(2, 3, 64, 64) * 3 + 1)
+        assert torch.equal(stem_norm.running_mean, before) == (freeze_at >= 1)
+
+
+def test_lazyconfig_train_net_refuses_a_checkpoint_of_another_model(tmp_path):
+    """train.min_loaded_fraction (default 0.5) as MODEL.MIN_LOADED_FRACTION on the yacs path:
+    a checkpoint filling almost nothing of the model is refused in one sentence."""
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+    ckpt = str(tmp_path / "other.pth")
+    torch.save(
+        {"model": {f"backbone.bottom_up.{k}": v for k, v in other.state_dict().items()}}, ckpt
+    )
+    base = [
+        sys.executable,
+        os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
+        "--config-file",
+        os.path.join(REPO, "configs", TINY),
+        "--eval-only",
+        f"train.init_checkpoint={ckpt}",
+        f"train.output_dir={tmp_path / 'out'}",
+    ]
+    proc = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {ckpt} fills only") and "Traceback" not in proc.stderr
+    assert "below train.min_loaded_fraction=0.5" in last
+    assert "set train.min_loaded_fraction=0 to start from it anyway" in last

@@ -216,8 +216,7 @@ def test_norm_keys_are_found_in_the_config():
 
 
 def test_lazyconfig_retinanet_with_sn_gets_per_level_statistics():
-    from sn_det.lazy import resolve_lazy_norms
-    from sn_det.tools.lazyconfig_train_net import build_lazy_model
+    from sn_det.lazy import build_lazy_model, resolve_lazy_norms
 
     cfg = model_zoo.get_config("common/models/retinanet.py")
     cfg.model.head.norm = "SN"
@@ -226,6 +225,6 @@ def test_lazyconfig_retinanet_with_sn_gets_per_level_statistics():
     cfg.model.backbone.bottom_up.stem.norm = "SN"
     cfg.model.backbone.bottom_up.stages.norm = "SN"
     resolve_lazy_norms(cfg)
-    model = build_lazy_model(cfg)
+    model = build_lazy_model(cfg.model)
     assert isinstance(model.head.cls_subnet[1], CycleSwitchNorm)
     assert isinstance(model.backbone.bottom_up.stem.conv1.norm, SwitchNorm2d)

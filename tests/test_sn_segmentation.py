@@ -93,7 +93,11 @@ def test_sn_layer_count(config, head_norms):
     assert count_sn(model.backbone) == backbone
     assert count_sn(model.sem_seg_head) == head_norms
     assert count_sn(model) == backbone + head_norms
-    aspp = model.sem_seg_head.aspp if config == INSTANT else model.sem_seg_head.decoder["res5"]["project_conv"]
+    aspp = (
+        model.sem_seg_head.aspp
+        if config == INSTANT
+        else model.sem_seg_head.decoder["res5"]["project_conv"]
+    )
     assert aspp.convs[-1][1].norm is None  # image pooling: 1x1 map, no norm
 
 
@@ -143,7 +147,10 @@ def test_padding_to_the_output_stride_lets_any_image_size_train():
     cfg = load_cfg(INSTANT)
     model = SNSegTrainer.build_model(cfg).train()
     inputs = [
-        {"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8), "sem_seg": torch.randint(0, 4, (h, w))}
+        {
+            "image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8),
+            "sem_seg": torch.randint(0, 4, (h, w)),
+        }
         for h, w in ((100, 90), (77, 130))
     ]
     losses = model(inputs)
@@ -173,7 +180,11 @@ def test_multiscale_flip_inference_matches_a_plain_reference():
         model.sem_seg_head.predictor.weight.normal_(0, 0.1)
     rng = np.random.RandomState(0)
     image = rng.randint(0, 255, size=(96, 120, 3)).astype(np.uint8)
-    inputs = {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "height": 96, "width": 120}
+    inputs = {
+        "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+        "height": 96,
+        "width": 120,
+    }
 
     with torch.no_grad():
         got = SemanticSegmentorWithTTA(cfg, model)([inputs])[0]["sem_seg"]
@@ -205,7 +216,9 @@ def plain_miou(model, dataset):
         for rec in DatasetCatalog.get(dataset):
             image = read_image(rec["file_name"], format="RGB")
             x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-            pred = model([{"image": x, "height": 128, "width": 128}])[0]["sem_seg"].argmax(0).numpy()
+            pred = (
+                model([{"image": x, "height": 128, "width": 128}])[0]["sem_seg"].argmax(0).numpy()
+            )
             gt = np.asarray(Image.open(rec["sem_seg_file_name"]))
             for c in range(num_classes):
                 inter[c] += np.sum((pred == c) & (gt == c))
@@ -231,7 +244,9 @@ def test_training_evaluation_tta_and_checkpoint_round_trip(tmp_path):
     # The final evaluation's metrics, as written to metrics.json.
     metrics = {k: v for k, (v, _) in trainer.storage.latest().items()}
     model = trainer.model.eval()
-    assert metrics[f"{TINY_VAL}/sem_seg/mIoU"] == pytest.approx(plain_miou(model, TINY_VAL), abs=1e-6)
+    assert metrics[f"{TINY_VAL}/sem_seg/mIoU"] == pytest.approx(
+        plain_miou(model, TINY_VAL), abs=1e-6
+    )
     assert 0 <= metrics[f"{TINY_VAL}_TTA/sem_seg/mIoU"] <= 100
     # A few iterations predict mostly background; with a random classifier every class
     # occurs, and the evaluator must still agree with the plain count.
@@ -271,7 +286,14 @@ def run_train_net(*args, env=None):
     "args, env, words",
     [
         (
-            ["--config-file", os.path.join(CONFIGS, "ADE20K", "deeplab_v3_R_50_dilated8_sn.yaml"), "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"],
+            [
+                "--config-file",
+                os.path.join(CONFIGS, "ADE20K", "deeplab_v3_R_50_dilated8_sn.yaml"),
+                "MODEL.WEIGHTS",
+                "",
+                "MODEL.DEVICE",
+                "cpu",
+            ],
             {"DETECTRON2_DATASETS": "/nonexistent/datasets"},
             ["ade20k_sem_seg_train", "does not exist", "ADEChallengeData2016"],
         ),

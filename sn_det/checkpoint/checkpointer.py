@@ -112,13 +112,24 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
     Args:
         min_loaded_fraction: the share below which loading is refused (MODEL.MIN_LOADED_FRACTION;
             0 accepts anything, as detectron2 does).
+        fraction_setting: that setting as the user writes it, a format of its value, for the
+            refusal (``"train.min_loaded_fraction={}"`` for a LazyConfig command line).
     """
 
-    def __init__(self, model, save_dir="", *, min_loaded_fraction=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir="",
+        *,
+        min_loaded_fraction=None,
+        fraction_setting="MODEL.MIN_LOADED_FRACTION {}",
+        **kwargs,
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.min_loaded_fraction = (
             DEFAULT_MIN_LOADED_FRACTION if min_loaded_fraction is None else min_loaded_fraction
         )
+        self.fraction_setting = fraction_setting
         self._loading = ""  # the file being loaded, for messages
         self._strict = False  # inside load_weights_strictly
 
@@ -256,9 +267,9 @@ class SNDetectionCheckpointer(DetectionCheckpointer):
             raise CheckpointConversionError(
                 f"{self._loading or 'the checkpoint'} fills only {100.0 * filled / total:.1f}% "
                 f"of the model weights it should fill ({filled:,} of {total:,} values in "
-                f"{where}), below MODEL.MIN_LOADED_FRACTION "
-                f"{self.min_loaded_fraction:g}, so it is probably the checkpoint of another "
-                "architecture; set MODEL.MIN_LOADED_FRACTION 0 to start from it anyway"
+                f"{where}), below {self.fraction_setting.format(f'{self.min_loaded_fraction:g}')}, "
+                "so it is probably the checkpoint of another architecture; set "
+                f"{self.fraction_setting.format(0)} to start from it anyway"
             )
 
     def load_weights_strictly(self, path: str) -> dict:

@@ -37,8 +37,7 @@ from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.data import GENERATED_DATASETS
 from sn_det.engine.parent_watch import exit_with_parent
 from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
-from sn_det.lazy import resolve_lazy_norms
-from sn_det.modeling import cycle_retinanet_switch_norms
+from sn_det.lazy import build_lazy_model, resolve_lazy_norms
 
 logger = logging.getLogger("sn_det")
 
@@ -83,10 +82,15 @@ def load_lazy_config(path: str, overrides=()):
     return cfg
 
 
-def build_lazy_model(cfg):
-    """``instantiate(cfg.model)``, with per-level SN statistics in a RetinaNet head (as
-    ``sn_det.modeling.build_model`` gives yacs models; detectron2 does it for BN only)."""
-    return cycle_retinanet_switch_norms(instantiate(cfg.model))
+def _checkpointer(cfg, model, **kwargs) -> SNDetectionCheckpointer:
+    """sn_det's checkpointer with ``train.min_loaded_fraction`` (default 0.5, as
+    MODEL.MIN_LOADED_FRACTION): a checkpoint that fills less of the model is refused."""
+    return SNDetectionCheckpointer(
+        model,
+        min_loaded_fraction=cfg.train.get("min_loaded_fraction", None),
+        fraction_setting="train.min_loaded_fraction={}",
+        **kwargs,
+    )
 
 
 def do_test(cfg, model):
@@ -100,7 +104,7 @@ def do_test(cfg, model):
 
 
 def do_train(args, cfg):
-    model = build_lazy_model(cfg)
+    model = build_lazy_model(cfg.model)
     logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
@@ -108,7 +112,7 @@ def do_train(args, cfg):
     train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = SNDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = _checkpointer(cfg, model, save_dir=cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -141,10 +145,10 @@ def main(args):
             GENERATED_DATASETS[name]()
     default_setup(cfg, args)
     if args.eval_only:
-        model = build_lazy_model(cfg)
+        model = build_lazy_model(cfg.model)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
-        SNDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        _checkpointer(cfg, model).load(cfg.train.init_checkpoint)
         return do_test(cfg, model)
     do_train(args, cfg)
     return None
