@@ -33,6 +33,8 @@ __all__ = [
     "ensure_synthetic_dataset",
     "register_synthetic_datasets",
     "replay_split",
+    "generate_folder",
+    "publish_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -222,8 +224,34 @@ def publish_folder(tmp: str, root: str, is_complete) -> None:
             raise
 
 
+def generate_folder(root: str, write, is_complete, what: str) -> None:
+    """Make the dataset folder ``root``: ``write(folder)`` fills a temporary sibling folder,
+    which :func:`publish_folder` then moves into place; the temporary folder never stays.
+
+    Args:
+        write: ``folder -> None``, writing every file (its completeness marker last).
+        is_complete: ``folder -> bool``, see :func:`publish_folder`.
+        what: for the log line, e.g. "the synthetic dataset".
+    """
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    logger.info(f"Generating {what} into {root} ...")
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.", dir=parent)
+    try:
+        write(tmp)
+        publish_folder(tmp, root, is_complete)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _is_complete(root: str) -> bool:
     return os.path.isdir(root) and not _damaged_files(root)
+
+
+def _write_dataset(folder: str) -> None:
+    for name in SYNTH_SPLITS:
+        _generate_split(folder, name)
+    _write_manifest(folder)  # last: a folder with a manifest is complete
 
 
 def ensure_synthetic_dataset() -> str:
@@ -248,17 +276,7 @@ def ensure_synthetic_dataset() -> str:
             f"The synthetic dataset cache {root} is damaged ({len(damaged)} files missing or "
             f"not matching its {MANIFEST}, e.g. {', '.join(damaged[:3])}): regenerating it"
         )
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    logger.info(f"Generating the synthetic dataset into {root} ...")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.", dir=parent)
-    try:
-        for name in SYNTH_SPLITS:
-            _generate_split(tmp, name)
-        _write_manifest(tmp)  # last: a folder with a manifest is complete
-        publish_folder(tmp, root, _is_complete)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    generate_folder(root, _write_dataset, _is_complete, "the synthetic dataset")
     _verified.add(root)
     return root
 

@@ -19,8 +19,6 @@ by detectron2's ``load_coco_json``; ``COCOEvaluator`` computes keypoint AP from 
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Dict, List
 
 import numpy as np
@@ -31,7 +29,7 @@ from .synthetic import (
     CATEGORIES,
     SYNTH_SPLITS,
     ensure_synthetic_dataset,
-    publish_folder,
+    generate_folder,
     synthetic_root,
 )
 
@@ -126,18 +124,21 @@ def ensure_keypoint_dataset() -> str:
     if os.path.isfile(os.path.join(root, "COMPLETE")):
         return root
     inst_root = ensure_synthetic_dataset()
-    parent = os.path.dirname(root)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.", dir=parent)
-    try:
+
+    def write(folder):
         for name, inst_name in KEYPOINT_SPLITS.items():
             split = inst_name.rsplit("_", 1)[-1]
             data = _keypoint_json(os.path.join(inst_root, "annotations", f"instances_{split}.json"))
-            with open(os.path.join(tmp, os.path.basename(_paths(name)[0])), "w") as f:
+            with open(os.path.join(folder, os.path.basename(_paths(name)[0])), "w") as f:
                 json.dump(data, f)
-        open(os.path.join(tmp, "COMPLETE"), "w").close()
-        publish_folder(tmp, root, lambda folder: os.path.isfile(os.path.join(folder, "COMPLETE")))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        open(os.path.join(folder, "COMPLETE"), "w").close()
+
+    generate_folder(
+        root,
+        write,
+        lambda folder: os.path.isfile(os.path.join(folder, "COMPLETE")),
+        "the synthetic keypoint annotations",
+    )
     return root
 
 

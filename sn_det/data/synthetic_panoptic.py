@@ -40,10 +40,7 @@ and COCOPanopticEvaluator (PQ, which needs the ``panopticapi`` module).
 """
 
 import json
-import logging
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Tuple
 
 import cv2
@@ -57,7 +54,7 @@ from .synthetic import (  # _paths: the instance set's layout, shared rather tha
     SYNTH_SPLITS,
     _paths,
     ensure_synthetic_dataset,
-    publish_folder,
+    generate_folder,
     replay_split,
     synthetic_root,
 )
@@ -73,7 +70,6 @@ __all__ = [
     "register_synthetic_panoptic_datasets",
 ]
 
-logger = logging.getLogger(__name__)
 
 VERSION = "v1"  # bump when the labels change, so stale caches are never reused
 THING_COLORS = [[220, 20, 60], [0, 0, 142], [119, 11, 32]]
@@ -233,17 +229,13 @@ def ensure_synthetic_panoptic_dataset() -> str:
     root = panoptic_root()
     if _is_complete(root):
         return root
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    logger.info(f"Writing the synthetic panoptic labels into {root} ...")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.", dir=parent)
-    try:
+
+    def write(folder):
         for name in PANOPTIC_SPLITS:
-            _write_split(tmp, name, instance_root)
-        open(os.path.join(tmp, "COMPLETE"), "w").close()
-        publish_folder(tmp, root, _is_complete)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _write_split(folder, name, instance_root)
+        open(os.path.join(folder, "COMPLETE"), "w").close()
+
+    generate_folder(root, write, _is_complete, "the synthetic panoptic labels")
     return root
 
 

@@ -14,10 +14,7 @@ Registered names: ``sn_synth_sem_seg_train`` (400 images) and ``sn_synth_sem_seg
 """
 
 import json
-import logging
 import os
-import shutil
-import tempfile
 from typing import Dict, List
 
 import cv2
@@ -30,7 +27,7 @@ from .synthetic import (  # _paths: the instance set's layout, shared rather tha
     SYNTH_SPLITS,
     _paths,
     ensure_synthetic_dataset,
-    publish_folder,
+    generate_folder,
     synthetic_root,
 )
 
@@ -43,7 +40,6 @@ __all__ = [
     "register_synthetic_semseg_datasets",
 ]
 
-logger = logging.getLogger(__name__)
 
 VERSION = "v1"  # bump when the rendering changes, so stale caches are never reused
 # Class 0 is the background; the shapes keep the order of the instance set's categories.
@@ -105,23 +101,19 @@ def ensure_synthetic_semseg_dataset() -> str:
     root = semseg_root()
     if _is_complete(root):
         return root
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    logger.info(f"Rendering the synthetic sem_seg labels into {root} ...")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.", dir=parent)
-    try:
+
+    def write(folder):
         for name, instance_split in SEMSEG_SPLITS.items():
             json_file, _ = _paths(instance_root, instance_split)
             with open(json_file) as f:
                 labels = _render_labels(json.load(f))
-            out = _label_dir(tmp, name)
+            out = _label_dir(folder, name)
             os.makedirs(out)
             for file_name, label in labels.items():
                 cv2.imwrite(os.path.join(out, file_name), label)  # png: lossless
-        open(os.path.join(tmp, "COMPLETE"), "w").close()
-        publish_folder(tmp, root, _is_complete)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        open(os.path.join(folder, "COMPLETE"), "w").close()
+
+    generate_folder(root, write, _is_complete, "the synthetic sem_seg labels")
     return root
 
 
