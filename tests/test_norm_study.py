@@ -230,3 +230,20 @@ def test_outside_a_source_checkout_is_one_sentence(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runs from a source checkout" in err[0]
     assert "projects/SparseSN/train_net.py" in err[0]
+
+
+def test_divergence_is_read_from_both_of_detectron2s_errors():
+    from sn_det.projects.norm_study.runner import divergence
+
+    loss = "...\nFloatingPointError: Loss became infinite or NaN at iteration=12!\nloss_dict = ..."
+    assert divergence(loss) == 12
+    # The RPN's error names no iteration: IterationTimer's summary does (14 timed iterations
+    # after its 3 warm-up ones: the 17th iteration, 0-based 16, raised).
+    rpn = (
+        "FloatingPointError: Predicted boxes or scores contain Inf/NaN. Training has diverged.\n"
+        "[12/01 06:20:12 d2.engine.hooks]: Overall training speed: 14 iterations in 0:00:05\n"
+    )
+    assert divergence(rpn) == 16
+    assert divergence(rpn.splitlines()[0]) == -1
+    assert divergence("RuntimeError: CUDA out of memory") is None
+    assert divergence("") is None

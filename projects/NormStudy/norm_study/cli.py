@@ -219,7 +219,8 @@ def _run_all(args, todo, pending, active, free, run_dir, results, failures, star
                 continue
             results[run.name] = result
             if result["status"] == "diverged":
-                outcome = f"diverged at iteration {result['diverged_at']}"
+                at = result["diverged_at"]
+                outcome = f"diverged at iteration {at if at >= 0 else '?'}"
             else:
                 outcome = f"box AP {_ap(result['box_ap'])}, mask AP {_ap(result['mask_ap'])}"
             print(

@@ -58,7 +58,8 @@ def _cell_text(runs: List[dict], metric: str) -> str:
     diverged = [r for r in runs if r["status"] == "diverged"]
     if not values:
         if diverged:
-            return "diverged (iter " + ", ".join(str(r["diverged_at"]) for r in diverged) + ")"
+            at = [str(r["diverged_at"]) if r["diverged_at"] >= 0 else "?" for r in diverged]
+            return "diverged (iter " + ", ".join(at) + ")"
         return "-"
     mean, sd, n = cell_stats(values)
     text = f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {sd:.1f} (n={n})"

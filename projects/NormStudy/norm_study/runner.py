@@ -28,6 +28,7 @@ __all__ = [
     "RunFailed",
     "RESULT_FILE",
     "read_result",
+    "divergence",
     "write_json_atomically",
     "execute",
     "stop_all",
@@ -35,8 +36,34 @@ __all__ = [
 
 RESULT_FILE = "result.json"
 LOG_FILE = "stdout.log"  # detectron2 itself writes log.txt in the same folder
-# detectron2's SimpleTrainer: "Loss became infinite or NaN at iteration=12!"
-_DIVERGED = re.compile(r"FloatingPointError: Loss became infinite or NaN at iteration=(\d+)")
+# detectron2 raises FloatingPointError when training diverges: SimpleTrainer's "Loss became
+# infinite or NaN at iteration=12!", or the RPN's "Predicted boxes or scores contain Inf/NaN.
+# Training has diverged." (NaN proposals before any loss is computed; no iteration given).
+_DIVERGED = re.compile(
+    r"FloatingPointError: (Loss became infinite or NaN|Predicted boxes or scores contain Inf/NaN)"
+)
+_LOSS_ITERATION = re.compile(r"FloatingPointError: Loss became infinite or NaN at iteration=(\d+)")
+# IterationTimer's summary after the exception: iterations run, less its 3 warm-up ones.
+_TIMED_ITERATIONS = re.compile(r"Overall training speed: (\d+) iterations")
+_TIMER_WARMUP = 3
+
+
+def divergence(log_text: str):
+    """Whether a failed training command's output shows detectron2's divergence error, and
+    at which (0-based) iteration.
+
+    Returns:
+        None when it did not diverge; else the iteration, or -1 where the output does not
+        say (the RPN error, without the IterationTimer summary).
+    """
+    if not _DIVERGED.search(log_text):
+        return None
+    at = _LOSS_ITERATION.search(log_text)
+    if at:
+        return int(at.group(1))
+    timed = _TIMED_ITERATIONS.findall(log_text)
+    # IterationTimer counts iter + 1 - start_iter - warm-up, with iter the one that raised.
+    return int(timed[-1]) + _TIMER_WARMUP - 1 if timed else -1
 
 
 # Process groups of the training commands running now (runs may execute in threads).
@@ -206,10 +233,10 @@ def execute(
     }
     if proc.returncode != 0:
         with open(log) as f:
-            diverged = _DIVERGED.search(f.read())
-        if diverged is None:
+            diverged_at = divergence(f.read())
+        if diverged_at is None:
             raise RunFailed(f"the training command exited with status {proc.returncode}", log)
-        result.update(status="diverged", diverged_at=int(diverged.group(1)))
+        result.update(status="diverged", diverged_at=diverged_at)
     else:
         metrics = _final_metrics(run_dir)
         if metrics is None:
