@@ -15,7 +15,7 @@ from .runner import RunFailed, execute, read_result, stop_all, write_json_atomic
 __all__ = ["main", "parse_args"]
 
 EXAMPLES = """examples:
-  # the whole study on a CPU (at most ~40 minutes on 2 quiet cores), resumable:
+  # the whole study on a CPU (17.5 minutes measured on 2 quiet cores), resumable:
   projects/NormStudy/study.py --output output/norm_study
   # on GPUs, the larger size (6x the images, three seeds in every cell):
   projects/NormStudy/study.py --device cuda --size large --output output/norm_study_large

@@ -111,7 +111,7 @@ class Size:
 
 
 SIZES: Dict[str, Size] = {
-    # The 2-core CPU budget (<= 40 minutes with --jobs 2; the estimate is in the README):
+    # The 2-core CPU budget (<= 40 minutes with --jobs 2; measured 17.5, see the README):
     # 512 images per run (1.3 passes over the training set), the 2-image column twice.
     "default": Size(images=512, seeds=(0,), spread_seeds=(1,), spread_ims=2),
     # GPUs: the demo's length (2400 images, 6 passes), the 2-image column three times.
