@@ -109,3 +109,34 @@ def test_bad_input_to_the_installed_commands_is_one_sentence(installed):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot read the config file")
     proc = _run(installed, "-c", "import sn_det.model_zoo as z; z.get_config_file('nope.yaml')")
     assert "sn_det ships no config 'nope.yaml'" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_installed_command_trains_a_project_recipe_with_its_trainer(installed):
+    """A shipped Sparse SN recipe through the installed train_net: the project (trainer with
+    the radius hook, config keys) follows from the recipe's folder."""
+    python, work = installed
+    config = _run(
+        installed,
+        "-c",
+        "from sn_det import model_zoo; print(model_zoo.get_config_file("
+        "'projects/SparseSN/configs/quick_schedules/mask_rcnn_ssn_instant_test.yaml'))",
+    ).stdout.strip()
+    assert not config.startswith(REPO), config
+    proc = _run(
+        installed,
+        "-m",
+        "sn_det.tools.train_net",
+        "--config-file",
+        config,
+        "SOLVER.MAX_ITER",
+        "2",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        "ssn_out",
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "Project SparseSN: SSNTrainer" in proc.stdout
+    with open(os.path.join(work, "ssn_out", "metrics.json")) as f:
+        logged = [json.loads(line) for line in f]
+    assert any("ssn/radius_fraction" in r for r in logged)  # the project's hook ran

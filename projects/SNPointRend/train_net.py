@@ -11,10 +11,8 @@ Examples:
   projects/SNPointRend/train_net.py --num-gpus 8 --config-file projects/SNPointRend/configs/pointrend_rcnn_R_50_FPN_1x_sn.yaml
 """
 
-from detectron2.projects.point_rend import add_pointrend_config
-
-from sn_det.engine import Trainer
 from sn_det.tools.train_net import invoke_main
 
 if __name__ == "__main__":
-    invoke_main(Trainer, config_adders=(add_pointrend_config,), epilog=__doc__)
+    # The same as `python -m sn_det.tools.train_net --project SNPointRend` (also installed).
+    invoke_main(project="SNPointRend", epilog=__doc__)

@@ -15,8 +15,8 @@ Examples:
       --config-file projects/SNSegmentation/configs/ADE20K/deeplab_v3_R_50_dilated8_sn.yaml
 """
 
-from sn_det.projects.sn_segmentation import SNSegTrainer, add_deeplab_config
 from sn_det.tools.train_net import invoke_main
 
 if __name__ == "__main__":
-    invoke_main(SNSegTrainer, config_adders=(add_deeplab_config,), epilog=__doc__)
+    # The same as `python -m sn_det.tools.train_net --project SNSegmentation` (also installed).
+    invoke_main(project="SNSegmentation", epilog=__doc__)

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["CONFIG_ADDERS", "project_of", "config_adders"]
+__all__ = ["CONFIG_ADDERS", "TRAINERS", "project_of", "config_adders", "project_trainer"]
 
 # package name -> folder under projects/
 PROJECTS = {"sparse_sn": "SparseSN", "sn_segmentation": "SNSegmentation", "norm_study": "NormStudy"}
@@ -51,6 +51,18 @@ CONFIG_ADDERS = {
 }
 
 
+# Project folder -> its Trainer subclass ("module:class"); sn_det's Trainer where absent.
+TRAINERS = {
+    "SparseSN": "sn_det.projects.sparse_sn:SSNTrainer",
+    "SNSegmentation": "sn_det.projects.sn_segmentation:SNSegTrainer",
+}
+
+
+def _load(spec: str):
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def project_of(config_file: str):
     """The project folder a config file lies in (``.../projects/<Folder>/...``), if it is
     one of :data:`CONFIG_ADDERS`; else None."""
@@ -73,5 +85,14 @@ def config_adders(project):
         raise ValueError(
             f"unknown project {project!r}; projects with config keys: {', '.join(CONFIG_ADDERS)}"
         )
-    module, function = CONFIG_ADDERS[project].split(":")
-    return (getattr(importlib.import_module(module), function),)
+    return (_load(CONFIG_ADDERS[project]),)
+
+
+def project_trainer(project):
+    """The Trainer class of a project folder (its own, or sn_det's); sn_det's for None."""
+    config_adders(project)  # the same check of the name
+    if project in TRAINERS:
+        return _load(TRAINERS[project])
+    from sn_det.engine import Trainer  # not at import: sn_det.engine imports this module
+
+    return Trainer

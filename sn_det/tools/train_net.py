@@ -5,13 +5,15 @@ This is detectron2's ``tools/train_net.py`` with sn_det's config keys, builders 
 SN-aware optimizer; every flag of detectron2's parser works as usual. Training writes
 checkpoints and metrics to OUTPUT_DIR; every test set is evaluated by the evaluators its
 ``evaluator_type`` calls for (COCO box/mask/keypoint AP, sem_seg, panoptic, ...).
-A project reuses it with its own trainer and config keys (see :func:`invoke_main`).
+A project's config (projects/SparseSN, SNSegmentation, SNPointRend) runs with the project's
+trainer and config keys: given with ``--project``, or found from the config file's folder,
+so an installed package trains the projects' shipped recipes too (see :func:`invoke_main`).
 """
 
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, launch
@@ -19,8 +21,15 @@ from detectron2.evaluation import verify_results
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.data import DatasetFileError
-from sn_det.engine import ConfigError, Trainer, setup_cfg
+from sn_det.engine import (
+    ConfigError,
+    Trainer,
+    add_project_argument,
+    project_config_adders,
+    setup_cfg,
+)
 from sn_det.engine.parent_watch import exit_with_parent
+from sn_det.projects import project_of, project_trainer
 
 # Errors whose message is one sentence for the user: printed as "error: ..." with exit 2.
 USER_ERRORS = (ConfigError, CheckpointConversionError, DatasetFileError)
@@ -51,6 +60,8 @@ EXAMPLES = """examples:
       MODEL.RESNETS.NORM SyncSN MODEL.FPN.NORM SyncSN
   # the seed's recipe on 8 GPUs:
   tools/train_net.py --num-gpus 8 --config-file configs/sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml
+  # a project's recipe (its trainer and config keys follow from the folder, or --project):
+  tools/train_net.py --config-file projects/SparseSN/configs/quick_schedules/mask_rcnn_ssn_instant_test.yaml
 """
 
 
@@ -89,18 +100,35 @@ def _main_or_exit(args, trainer_cls, config_adders, launcher_pid=None):
 
 
 def invoke_main(
-    trainer_cls=Trainer, config_adders: Sequence[Callable] = (), epilog: str = EXAMPLES
+    trainer_cls=None,
+    config_adders: Sequence[Callable] = (),
+    epilog: str = EXAMPLES,
+    project: Optional[str] = None,
 ) -> None:
-    """Parse detectron2's training arguments and launch :func:`main` in every process.
+    """Parse detectron2's training arguments (plus ``--project``) and launch :func:`main` in
+    every process.
 
     Args:
-        trainer_cls: a subclass of sn_det's Trainer (a project's, with its hooks).
-        config_adders: functions adding a project's config keys (module-level, so that the
-            spawned worker processes can import them).
+        trainer_cls: a subclass of sn_det's Trainer; None: the project's (see below), else
+            sn_det's.
+        config_adders: functions adding config keys (module-level, so that the spawned
+            worker processes can import them), besides the project's.
         epilog: the examples shown by ``--help``.
+        project: the project whose trainer and config keys to use (a projects/ folder name,
+            ``sn_det.projects.CONFIG_ADDERS``); the default of ``--project``, which itself
+            defaults to the projects/<Folder> the config file lies in.
     """
     parser = default_argument_parser(epilog=epilog)
+    add_project_argument(parser)
+    if project is not None:
+        parser.set_defaults(project=project)
     args = parser.parse_args()
+    project = args.project or project_of(args.config_file)
+    if trainer_cls is None:
+        trainer_cls = project_trainer(project)
+    config_adders = tuple(config_adders) + project_config_adders(args)
+    if project:
+        print(f"Project {project}: {trainer_cls.__name__}, with its config keys")
     # Config errors are reported before any worker starts, as one sentence and exit 2.
     try:
         setup_cfg(args, default=False, config_adders=config_adders)
@@ -114,7 +142,7 @@ def invoke_main(
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args, trainer_cls, tuple(config_adders), os.getpid()),
+        args=(args, trainer_cls, config_adders, os.getpid()),
     )
 
 

@@ -1,5 +1,6 @@
 """Sparse Switchable Normalization (SSN) for sn_det: the norm names "SSN" and "SyncSSN",
-the sparsestmax radius schedule and its training hook. Importing registers the names."""
+the sparsestmax radius schedule, its training hook and trainer. Importing registers the
+names."""
 
 import functools
 
@@ -10,10 +11,12 @@ from .config import add_sparse_sn_config
 from .hooks import SparsestMaxRadius, radius_at, sparse_layers
 from .layers import SparseSwitchNorm2d, SyncSparseSwitchNorm2d
 from .sparsestmax import sparsemax, sparsestmax, vertex_radius
+from .trainer import SSNTrainer
 
 __all__ = [
     "add_sparse_sn_config",
     "SparsestMaxRadius",
+    "SSNTrainer",
     "SparseSwitchNorm2d",
     "SyncSparseSwitchNorm2d",
     "radius_at",
