@@ -62,6 +62,26 @@ def _run(installed, *args, timeout=300):
     )
 
 
+def _shipped(installed, config_path):
+    """The installed path of a shipped config, as the installed package gives it."""
+    code = f"from sn_det import model_zoo; print(model_zoo.get_config_file({config_path!r}))"
+    return _run(installed, "-c", code).stdout.strip()
+
+
+def _train(installed, config, *opts):
+    """Two iterations of the installed train_net on ``config``."""
+    return _run(
+        installed,
+        "-m",
+        "sn_det.tools.train_net",
+        "--config-file",
+        config,
+        "SOLVER.MAX_ITER",
+        "2",
+        *opts,
+    )
+
+
 def test_the_installed_package_is_used_and_ships_its_configs(installed):
     proc = _run(
         installed,
@@ -80,23 +100,8 @@ def test_the_installed_package_is_used_and_ships_its_configs(installed):
 
 def test_the_installed_command_trains_and_evaluates(installed):
     python, work = installed
-    config = _run(
-        installed,
-        "-c",
-        "from sn_det import model_zoo; "
-        "print(model_zoo.get_config_file('quick_schedules/mask_rcnn_sn_instant_test.yaml'))",
-    ).stdout.strip()
-    proc = _run(
-        installed,
-        "-m",
-        "sn_det.tools.train_net",
-        "--config-file",
-        config,
-        "SOLVER.MAX_ITER",
-        "2",
-        "OUTPUT_DIR",
-        "out",
-    )
+    config = _shipped(installed, "quick_schedules/mask_rcnn_sn_instant_test.yaml")
+    proc = _train(installed, config, "OUTPUT_DIR", "out")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     with open(os.path.join(work, "out", "metrics.json")) as f:
         final = [json.loads(line) for line in f][-1]
@@ -115,26 +120,11 @@ def test_the_installed_command_trains_a_project_recipe_with_its_trainer(installe
     """A shipped Sparse SN recipe through the installed train_net: the project (trainer with
     the radius hook, config keys) follows from the recipe's folder."""
     python, work = installed
-    config = _run(
-        installed,
-        "-c",
-        "from sn_det import model_zoo; print(model_zoo.get_config_file("
-        "'projects/SparseSN/configs/quick_schedules/mask_rcnn_ssn_instant_test.yaml'))",
-    ).stdout.strip()
-    assert not config.startswith(REPO), config
-    proc = _run(
-        installed,
-        "-m",
-        "sn_det.tools.train_net",
-        "--config-file",
-        config,
-        "SOLVER.MAX_ITER",
-        "2",
-        "DATASETS.TEST",
-        "()",
-        "OUTPUT_DIR",
-        "ssn_out",
+    config = _shipped(
+        installed, "projects/SparseSN/configs/quick_schedules/mask_rcnn_ssn_instant_test.yaml"
     )
+    assert not config.startswith(REPO), config
+    proc = _train(installed, config, "DATASETS.TEST", "()", "OUTPUT_DIR", "ssn_out")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "Project SparseSN: SSNTrainer" in proc.stdout
     with open(os.path.join(work, "ssn_out", "metrics.json")) as f:
