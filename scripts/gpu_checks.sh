@@ -13,15 +13,20 @@
 #   3. bench.md    tools/benchmark_sn.py --device cuda: layers vs cuDNN BN and GN (fp32,
 #                  AMP), and the Mask R-CNN R50-FPN step with FrozenBN/BN/GN/SN; bench.log
 #   4. seg.log     the SNSegmentation README command with MODEL.DEVICE cuda (mIoU)
-# Each step has its own time limit (GPU_CHECK_LIMITS="tests bench seg" seconds) and a
-# failing step does not stop the next; the exit status is the number of failed steps.
+#   5. study.log   projects/NormStudy/study.py --device cuda at its tiny size (SN and SSN
+#                  at 1 and 8 images), study.md its table
+# Each step has its own time limit (GPU_CHECK_LIMITS="tests bench seg study" seconds,
+# default 120 240 100 90: 550 s with the set-up, inside one 600 s device call) and a failing
+# step does not stop the next; GPU_CHECK_STEPS="tests bench" runs a subset (e.g. to split
+# the checks over two calls). The exit status is the number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 out=${OUT:-/tmp/sn_gpu}
 mkdir -p "$out"
 python=${PYTHON:-python3}
-read -r limit_tests limit_bench limit_seg <<<"${GPU_CHECK_LIMITS:-150 270 120}"
+read -r limit_tests limit_bench limit_seg limit_study <<<"${GPU_CHECK_LIMITS:-120 240 100 90}"
+steps=" ${GPU_CHECK_STEPS:-tests bench seg study} "
 if [[ -d .gpu_carry/site ]]; then
   export PYTHONPATH="$PWD/.gpu_carry/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -32,6 +37,7 @@ start=$SECONDS
 step() {  # step NAME LIMIT LOG COMMAND...: run with a time limit, log, report
   local name=$1 limit=$2 log=$3
   shift 3
+  [[ "$steps" == *" $name "* ]] || return 0
   echo "[gpu-checks] $name (limit ${limit}s) at $((SECONDS - start))s"
   timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
   local rc=$?
@@ -69,7 +75,10 @@ step bench "$limit_bench" "$out/bench.log" "$python" tools/benchmark_sn.py --dev
 step seg "$limit_seg" "$out/seg.log" "$python" projects/SNSegmentation/train_net.py \
   --config-file projects/SNSegmentation/configs/quick_schedules/deeplab_v3plus_R_50_sn_synth_demo.yaml \
   MODEL.DEVICE cuda OUTPUT_DIR /tmp/sn_gpu_seg
-grep -h "mIoU" "$out/seg.log" | tail -n 2
+[[ -f "$out/seg.log" ]] && grep -h "mIoU" "$out/seg.log" | tail -n 2
+step study "$limit_study" "$out/study.log" "$python" projects/NormStudy/study.py --device cuda \
+  --size tiny --norms SN,SSN --ims-per-process 1,8 --output /tmp/sn_gpu_study
+[[ -f /tmp/sn_gpu_study/results.md ]] && cp /tmp/sn_gpu_study/results.md "$out/study.md"
 echo "[gpu-checks] done in $((SECONDS - start))s, $failed failed step(s); files in $out:"
 ls "$out"
 exit "$failed"
