@@ -198,3 +198,32 @@ def test_a_corrupt_checkpoint_is_recorded_as_failed_and_not_retried(instant_run,
         CHECKPOINTS[0],
         CHECKPOINTS[2],
     }
+
+
+def test_a_project_config_is_evaluated_by_the_projects_trainer(monkeypatch, tmp_path):
+    """A SNSegmentation config (found from its folder, or named with --project) is evaluated
+    by SNSegTrainer, whose test adds the multi-scale pass, not by sn_det's Trainer."""
+    import pytest
+
+    from sn_det.tools import eval_continuous
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def record(cfg, load_dir, trainer_cls):
+        seen.append(trainer_cls.__name__)
+        raise Stop
+
+    monkeypatch.setattr(eval_continuous, "ContinuousEvaluator", record)
+    config = os.path.join(
+        REPO, "projects/SNSegmentation/configs/quick_schedules/deeplab_v3_R_50_sn_instant_test.yaml"
+    )
+    for extra in ([], ["--project", "SNSegmentation"]):
+        args = eval_continuous.parse_args(
+            ["--config-file", config, "--load-dir", str(tmp_path), *extra]
+        )
+        with pytest.raises(Stop):
+            eval_continuous.run(args)
+    assert seen == ["SNSegTrainer", "SNSegTrainer"]

@@ -35,6 +35,7 @@ __all__ = [
     "replay_split",
     "generate_folder",
     "publish_folder",
+    "paint_segmentation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,16 @@ def _shape_polygon(
         k = 4 if kind == "square" else 3
         angles = rng.uniform(0, 2 * np.pi) + np.arange(k) * 2 * np.pi / k
     return np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], axis=1)
+
+
+def paint_segmentation(canvas: np.ndarray, segmentation: List[list], value: int) -> np.ndarray:
+    """Fill a COCO polygon segmentation into ``canvas`` (uint8 (H, W)) with ``value``, in
+    place, rounding the vertices to integers as the generator rounded them before painting
+    the image: so label maps derived from the annotations match the painted shapes."""
+    for poly in segmentation:
+        pts = np.round(np.asarray(poly).reshape(-1, 2)).astype(np.int32)
+        cv2.fillPoly(canvas, [pts], value)
+    return canvas
 
 
 def _background(rng: np.random.RandomState) -> Tuple[np.ndarray, np.ndarray]:

@@ -55,6 +55,7 @@ from .synthetic import (  # _paths: the instance set's layout, shared rather tha
     _paths,
     ensure_synthetic_dataset,
     generate_folder,
+    paint_segmentation,
     replay_split,
     synthetic_root,
 )
@@ -134,10 +135,7 @@ def _segment_ids(image_annotations: List[dict], stuff: np.ndarray):
     ids = STUFF_SEGMENT_ID_BASE + stuff
     category = {}
     for ann in image_annotations:
-        mask = np.zeros(stuff.shape, np.uint8)
-        for poly in ann["segmentation"]:
-            pts = np.round(np.asarray(poly).reshape(-1, 2)).astype(np.int32)
-            cv2.fillPoly(mask, [pts], 1)
+        mask = paint_segmentation(np.zeros(stuff.shape, np.uint8), ann["segmentation"], 1)
         ids[mask.astype(bool)] = ann["id"]
         category[ann["id"]] = ann["category_id"]
     for c in STUFF_CATEGORIES:

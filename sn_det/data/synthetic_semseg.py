@@ -28,6 +28,7 @@ from .synthetic import (  # _paths: the instance set's layout, shared rather tha
     _paths,
     ensure_synthetic_dataset,
     generate_folder,
+    paint_segmentation,
     synthetic_root,
 )
 
@@ -71,10 +72,7 @@ def _render_labels(coco: dict) -> Dict[str, np.ndarray]:
     files = {im["id"]: im["file_name"] for im in coco["images"]}
     for ann in coco["annotations"]:
         label = labels[files[ann["image_id"]]]
-        for poly in ann["segmentation"]:
-            # Rounded to integer vertices as the generator rounded them before painting.
-            pts = np.round(np.asarray(poly).reshape(-1, 2)).astype(np.int32)
-            cv2.fillPoly(label, [pts], contiguous[ann["category_id"]])
+        paint_segmentation(label, ann["segmentation"], contiguous[ann["category_id"]])
     return labels
 
 

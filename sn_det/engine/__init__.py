@@ -8,6 +8,7 @@ from .setup import (
     default_sn_setup,
     load_cfg,
     project_config_adders,
+    selected_project,
     setup_cfg,
 )
 from .trainer import Trainer
@@ -27,6 +28,7 @@ __all__ = [
     "load_cfg",
     "project_config_adders",
     "recompute_sn_batch_statistics",
+    "selected_project",
     "setup_cfg",
     "sn_optimizer_params",
 ]

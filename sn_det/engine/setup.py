@@ -1,6 +1,7 @@
 """From command-line arguments to a checked, frozen config."""
 
 import os
+from typing import Optional
 
 
 import torch
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "add_project_argument",
     "project_config_adders",
+    "selected_project",
 ]
 
 
@@ -39,10 +41,15 @@ def add_project_argument(parser) -> None:
     )
 
 
+def selected_project(args) -> Optional[str]:
+    """``args.project``, else the project folder holding ``args.config_file``; None for
+    neither."""
+    return getattr(args, "project", None) or project_of(args.config_file)
+
+
 def project_config_adders(args) -> tuple:
-    """The config adders of ``args.project``, or of the project folder holding
-    ``args.config_file``; () for neither."""
-    return config_adders(getattr(args, "project", None) or project_of(args.config_file))
+    """The config adders of :func:`selected_project`; () for none."""
+    return config_adders(selected_project(args))
 
 
 def _check_weights(cfg, resume: bool) -> None:

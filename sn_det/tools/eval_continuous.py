@@ -34,8 +34,10 @@ from sn_det.engine import (
     add_project_argument,
     default_sn_setup,
     project_config_adders,
+    selected_project,
     setup_cfg,
 )
+from sn_det.projects import project_trainer
 
 EXAMPLES = """examples:
   # alongside a training run (in another shell):
@@ -109,15 +111,21 @@ def _finite_or_none(value):
 
 
 class ContinuousEvaluator:
-    """Evaluates checkpoints of ``load_dir`` with one model and records the results."""
+    """Evaluates checkpoints of ``load_dir`` with one model and records the results.
 
-    def __init__(self, cfg, load_dir: str):
+    Args:
+        trainer_cls: the trainer whose model, evaluation and batch-average loader the
+            training run had (a project's, e.g. SNSegTrainer with its multi-scale test).
+    """
+
+    def __init__(self, cfg, load_dir: str, trainer_cls=Trainer):
         from torch.utils.tensorboard import SummaryWriter
 
         self.cfg = cfg
+        self.trainer_cls = trainer_cls
         self.load_dir = load_dir
         self.jsonl = os.path.join(load_dir, "continuous_eval.jsonl")
-        self.model = Trainer.build_model(cfg)
+        self.model = trainer_cls.build_model(cfg)
         # Reads load_dir's checkpoints and their last_checkpoint tag; never writes there.
         self.checkpointer = SNDetectionCheckpointer(
             self.model, save_dir=load_dir, save_to_disk=False
@@ -125,7 +133,9 @@ class ContinuousEvaluator:
         self.tensorboard = SummaryWriter(cfg.OUTPUT_DIR)
         # One training-data iterator for every checkpoint's batch averaging (if enabled).
         self.batch_average_data = (
-            iter(Trainer.build_batch_average_loader(cfg)) if cfg.TEST.SN_BATCH_AVG.ENABLED else None
+            iter(trainer_cls.build_batch_average_loader(cfg))
+            if cfg.TEST.SN_BATCH_AVG.ENABLED
+            else None
         )
 
     def _record(self, record: dict) -> None:
@@ -145,7 +155,9 @@ class ContinuousEvaluator:
             self._record(record)
             return record
         iteration = checkpoint.get("iteration")
-        results = Trainer.test_with_sn_batch_average(self.cfg, self.model, self.batch_average_data)
+        results = self.trainer_cls.test_with_sn_batch_average(
+            self.cfg, self.model, self.batch_average_data
+        )
         metrics = {k: _finite_or_none(v) for k, v in flatten_results_dict(results).items()}
         self._record({"checkpoint": name, "iteration": iteration, "metrics": metrics})
         if iteration is not None:
@@ -180,10 +192,11 @@ def run(args) -> int:
     args.resume = False
     args.eval_only = True
     cfg = setup_cfg(args, default=False, config_adders=project_config_adders(args))
+    trainer_cls = project_trainer(selected_project(args))
     if not cfg.DATASETS.TEST:
         raise ConfigError("DATASETS.TEST is empty: nothing to evaluate the checkpoints on")
     default_sn_setup(cfg, args)
-    evaluator = ContinuousEvaluator(cfg, load_dir)
+    evaluator = ContinuousEvaluator(cfg, load_dir, trainer_cls)
     done = read_done(evaluator.jsonl)
     if done:
         print(

@@ -26,10 +26,11 @@ from sn_det.engine import (
     Trainer,
     add_project_argument,
     project_config_adders,
+    selected_project,
     setup_cfg,
 )
 from sn_det.engine.parent_watch import exit_with_parent
-from sn_det.projects import project_of, project_trainer
+from sn_det.projects import project_trainer
 
 # Errors whose message is one sentence for the user: printed as "error: ..." with exit 2.
 USER_ERRORS = (ConfigError, CheckpointConversionError, DatasetFileError)
@@ -123,7 +124,7 @@ def invoke_main(
     if project is not None:
         parser.set_defaults(project=project)
     args = parser.parse_args()
-    project = args.project or project_of(args.config_file)
+    project = selected_project(args)
     if trainer_cls is None:
         trainer_cls = project_trainer(project)
     config_adders = tuple(config_adders) + project_config_adders(args)
