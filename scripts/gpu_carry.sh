@@ -13,6 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-.venv/bin/python}
+if ! "$python" -m pip --version >/dev/null 2>&1; then
+  echo "error: $python is not a Python with pip; run 'make env' first or set PYTHON" >&2
+  exit 1
+fi
 dest=.gpu_carry/site
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -148,3 +148,35 @@ def test_lazyconfig_train_net_refuses_a_checkpoint_of_another_model(tmp_path):
     assert last.startswith(f"error: {ckpt} fills only") and "Traceback" not in proc.stderr
     assert "below train.min_loaded_fraction=0.5" in last
     assert "set train.min_loaded_fraction=0 to start from it anyway" in last
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.init_checkpoint=/nonexistent/w.pth", "train.init_checkpoint = '/nonexistent/"),
+        ("train.min_loaded_fraction=abc", "must be a number from 0 to 1, got 'abc'"),
+        ("train.min_loaded_fraction=1.5", "must be a number from 0 to 1, got 1.5"),
+    ],
+)
+def test_lazyconfig_train_net_bad_train_settings_are_one_sentence(tmp_path, override, message):
+    """Refused before any worker starts (fvcore would assert on a missing checkpoint, and a
+    text fraction would fail deep in the checkpointer)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
+            "--config-file",
+            os.path.join(REPO, "configs", TINY),
+            "--eval-only",
+            override,
+            f"train.output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert "Traceback" not in proc.stderr

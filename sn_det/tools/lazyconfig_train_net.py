@@ -82,6 +82,36 @@ def load_lazy_config(path: str, overrides=()):
     return cfg
 
 
+def check_train_settings(cfg, resume: bool) -> None:
+    """The ``train`` settings sn_det reads, checked before any worker starts.
+
+    Raises:
+        LazyConfigError: ``train.min_loaded_fraction`` not a number in [0, 1], or a local
+            ``train.init_checkpoint`` that does not exist (unless --resume finds a checkpoint
+            in ``train.output_dir``; fvcore would assert deep inside its checkpointer).
+    """
+    fraction = cfg.train.get("min_loaded_fraction", None)
+    if fraction is not None and (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 <= fraction <= 1
+    ):
+        raise LazyConfigError(
+            f"train.min_loaded_fraction must be a number from 0 to 1, got {fraction!r}"
+        )
+    weights = cfg.train.get("init_checkpoint", "")
+    if not weights or "://" in weights or os.path.exists(weights):
+        return
+    output_dir = cfg.train.get("output_dir", "")
+    if resume and os.path.exists(os.path.join(output_dir, "last_checkpoint")):
+        return
+    raise LazyConfigError(
+        f"train.init_checkpoint = {weights!r} does not exist; convert the published ImageNet "
+        "SN model there (tools/convert_sn_to_d2.py, see the README) or point "
+        "train.init_checkpoint at it, or set train.init_checkpoint='' to train from scratch"
+    )
+
+
 def _checkpointer(cfg, model, **kwargs) -> SNDetectionCheckpointer:
     """sn_det's checkpointer with ``train.min_loaded_fraction`` (default 0.5, as
     MODEL.MIN_LOADED_FRACTION): a checkpoint that fills less of the model is refused."""
@@ -167,7 +197,7 @@ def _main_or_exit(args, launcher_pid=None):
 def invoke_main() -> None:
     args = default_argument_parser(epilog=__doc__.split("Examples:")[1]).parse_args()
     try:  # config errors before any worker starts: one sentence, exit 2
-        load_lazy_config(args.config_file, args.opts)
+        check_train_settings(load_lazy_config(args.config_file, args.opts), args.resume)
     except LazyConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
