@@ -119,6 +119,19 @@ def test_modes_match_reference(mode, channels_last):
     assert max(errors.values()) <= TOL[torch.float32], errors
 
 
+@pytest.mark.parametrize(
+    "shape, mode",
+    [
+        ((3, 300, 2, 2), dict()),  # C over the (N, C) kernels' row tile of 128: three chunks
+        ((9, 130, 1, 2), dict(training=False)),  # more samples than a row tile holds
+        ((17, 70, 2, 1), dict(using_bn=False)),
+    ],
+)
+def test_many_channels_and_samples_match_reference(shape, mode):
+    errors = _run(shape, torch.float32, False, **mode)
+    assert max(errors.values()) <= TOL[torch.float32], errors
+
+
 def test_batch_average_mode_counts_batches():
     layer = SwitchNorm2d(3, using_moving_average=False).to(DEVICE)
     layer.reset_batch_average()

@@ -688,10 +688,14 @@ def _splits(x: Tensor, planes_programs: int, chunks: int) -> Tuple[int, int]:
 
 
 def _small_tile(n: int, c: int, along_n: bool) -> Tuple[int, int]:
-    """(BLOCK_N, BLOCK_C) of the (N, C) kernels: reductions over n (columns) or c (rows)."""
+    """(BLOCK_N, BLOCK_C) of the (N, C) kernels: reductions over n (columns) or c (rows).
+
+    Row tiles stay at 1024 elements: _backward_rows holds about ten (N, C) tiles at once, and
+    at 2048 elements ptxas spilled registers to local memory for sm_90 (24 bytes at 128
+    registers, `python -m sn_det.tools.check_triton_compile`)."""
     if along_n:
         return min(_next_pow2(n), 64), min(_next_pow2(c), 32)
-    return min(_next_pow2(n), 8), min(_next_pow2(c), 256)
+    return min(_next_pow2(n), 8), min(_next_pow2(c), 128)
 
 
 def _interpreter_safe(*ts: Tensor):
