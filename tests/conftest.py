@@ -1,5 +1,4 @@
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,11 +11,11 @@ if not torch.cuda.is_available():
 
 # Tests import their plain reference implementations (sn_reference.py) from this folder.
 sys.path.insert(0, os.path.dirname(__file__))
+from tool_runner import INSTANT, train_net  # noqa: E402
+
 # 2-core CI machines: keep intra-op threads bounded and runs reproducible.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
 # Fixed seed and data in the main process: instant_run is also the uninterrupted reference of
 # the kill -9 and --resume test (tests/test_resume.py), which must end bit-identical to it.
 INSTANT_RUN_ARGS = [
@@ -46,15 +45,6 @@ def instant_run(tmp_path_factory):
         (output folder, training log).
     """
     out = str(tmp_path_factory.mktemp("instant_run"))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "train_net.py")]
-        + INSTANT_RUN_ARGS
-        + ["OUTPUT_DIR", out],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
+    code, log = train_net(*INSTANT_RUN_ARGS, "OUTPUT_DIR", out)
+    assert code == 0, log[-5000:]
     return out, log

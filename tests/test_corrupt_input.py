@@ -6,8 +6,6 @@ import logging
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -16,33 +14,7 @@ import torch
 
 from sn_det.data import synthetic
 from sn_det.data.mapper import CheckedMapper, DatasetFileError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
-
-
-def train_net(*opts, env=None, timeout=300):
-    proc = subprocess.run(
-        [sys.executable, TRAIN_NET, *opts],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def one_sentence_exit_2(code, log, *expected):
-    assert code == 2, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
-    last = log.strip().splitlines()[-1]
-    assert last.startswith("error: "), last
-    for text in expected:
-        assert text in last, last
-    return last
-
+from tool_runner import INSTANT, one_sentence_exit_2, one_step, run_tool, train_net
 
 # --- checkpoints given as MODEL.WEIGHTS ----------------------------------------------------
 
@@ -75,16 +47,7 @@ def test_bad_weights_file_is_one_sentence(tmp_path, name, make, expected):
     path = str(tmp_path / name)
     make(path)
     code, log = train_net(
-        "--config-file",
-        INSTANT,
-        "MODEL.WEIGHTS",
-        path,
-        "SOLVER.MAX_ITER",
-        "1",
-        "DATASETS.TEST",
-        "()",
-        "OUTPUT_DIR",
-        str(tmp_path / "out"),
+        "--config-file", INSTANT, "MODEL.WEIGHTS", path, *one_step(tmp_path / "out")
     )
     one_sentence_exit_2(code, log, path, expected)
     # ~77 lines of "Skip loading" / missing-key warnings are not printed before refusing.
@@ -157,27 +120,18 @@ def test_damaged_cache_is_regenerated(tmp_path, monkeypatch, caplog):
 
 def test_train_net_repairs_a_damaged_cache(tmp_path):
     env = {"SN_DET_DATASETS": str(tmp_path)}
-    subprocess.run(
-        [sys.executable, "-c", "import sn_det.data as d; d.ensure_synthetic_dataset()"],
-        env={**os.environ, **env},
-        check=True,
+    run_tool(
+        "-c",
+        "import sn_det.data as d; d.ensure_synthetic_dataset()",
+        env=env,
+        cwd=None,
         timeout=120,
-    )
+    ).check_returncode()
     root = os.path.join(str(tmp_path), f"sn_synth_{synthetic.VERSION}")
     ann = os.path.join(root, "annotations", "instances_train.json")
     with open(ann, "r+b") as f:
         f.truncate(1000)
-    code, log = train_net(
-        "--config-file",
-        INSTANT,
-        "SOLVER.MAX_ITER",
-        "1",
-        "DATASETS.TEST",
-        "()",
-        "OUTPUT_DIR",
-        str(tmp_path / "out"),
-        env=env,
-    )
+    code, log = train_net("--config-file", INSTANT, *one_step(tmp_path / "out"), env=env)
     assert code == 0, log[-3000:]
     assert f"{root} is damaged (1 files missing or not matching its MANIFEST.json" in log
     with open(ann) as f:

@@ -2,8 +2,6 @@
 weight-decay rules, LazyConfig save/load, and a short run of tools/lazyconfig_train_net.py."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,8 +9,9 @@ from detectron2.config import LazyConfig, instantiate
 
 from sn_det import model_zoo
 from sn_det.layers import SNNorm, SwitchNorm2d
+from tool_runner import REPO, TOOLS, run_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAZY_TRAIN_NET = os.path.join(TOOLS, "lazyconfig_train_net.py")
 TINY = "lazy/mask_rcnn_R_18_FPN_sn_synthetic.py"
 
 
@@ -56,19 +55,12 @@ def test_unknown_factory_name_is_one_sentence():
 
 def test_lazyconfig_train_net_trains_and_evaluates(tmp_path):
     out = str(tmp_path / "run")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
-            "--config-file",
-            model_zoo.get_config_file(TINY),
-            f"train.output_dir={out}",
-            "train.max_iter=2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
+    proc = run_tool(
+        LAZY_TRAIN_NET,
+        "--config-file",
+        model_zoo.get_config_file(TINY),
+        f"train.output_dir={out}",
+        "train.max_iter=2",
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -78,17 +70,7 @@ def test_lazyconfig_train_net_trains_and_evaluates(tmp_path):
 
 
 def test_lazyconfig_train_net_bad_config_is_one_sentence(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
-            "--config-file",
-            "nope.py",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_tool(LAZY_TRAIN_NET, "--config-file", "nope.py", cwd=None, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: cannot read the config file")
     assert "Traceback" not in proc.stderr
@@ -133,16 +115,14 @@ def test_lazyconfig_train_net_refuses_a_checkpoint_of_another_model(tmp_path):
     torch.save(
         {"model": {f"backbone.bottom_up.{k}": v for k, v in other.state_dict().items()}}, ckpt
     )
-    base = [
-        sys.executable,
-        os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
+    proc = run_tool(
+        LAZY_TRAIN_NET,
         "--config-file",
         os.path.join(REPO, "configs", TINY),
         "--eval-only",
         f"train.init_checkpoint={ckpt}",
         f"train.output_dir={tmp_path / 'out'}",
-    ]
-    proc = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=REPO)
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {ckpt} fills only") and "Traceback" not in proc.stderr
@@ -161,20 +141,14 @@ def test_lazyconfig_train_net_refuses_a_checkpoint_of_another_model(tmp_path):
 def test_lazyconfig_train_net_bad_train_settings_are_one_sentence(tmp_path, override, message):
     """Refused before any worker starts (fvcore would assert on a missing checkpoint, and a
     text fraction would fail deep in the checkpointer)."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
-            "--config-file",
-            os.path.join(REPO, "configs", TINY),
-            "--eval-only",
-            override,
-            f"train.output_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_tool(
+        LAZY_TRAIN_NET,
+        "--config-file",
+        os.path.join(REPO, "configs", TINY),
+        "--eval-only",
+        override,
+        f"train.output_dir={tmp_path}",
         timeout=120,
-        cwd=REPO,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]

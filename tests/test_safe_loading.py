@@ -6,8 +6,6 @@ loads a trusted legacy file."""
 import datetime
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,9 +17,7 @@ from sn_det.checkpoint import (
     UntrustedCheckpointError,
     load_checkpoint_file,
 )
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
+from tool_runner import INSTANT, TOOLS, one_step, run_tool
 
 
 class _Hostile:
@@ -100,11 +96,9 @@ def test_garbage_is_one_sentence(tmp_path, content):
             load_checkpoint_file(str(path))
 
 
-def _run(args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != TRUST_ENV}
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
-    )
+def _run(tool, *args):
+    """tools/``tool`` with ``args``, without the opt-in to loading code."""
+    return run_tool(os.path.join(TOOLS, tool), *args, drop=(TRUST_ENV,))
 
 
 def _assert_refused(proc, path, marker):
@@ -119,46 +113,18 @@ def _assert_refused(proc, path, marker):
 def test_train_net_refuses_hostile_weights(tmp_path, name):
     path, marker = _hostile_file(tmp_path, name)
     proc = _run(
-        [
-            os.path.join(REPO, "tools", "train_net.py"),
-            "--config-file",
-            INSTANT,
-            "MODEL.WEIGHTS",
-            path,
-            "SOLVER.MAX_ITER",
-            "1",
-            "DATASETS.TEST",
-            "()",
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-        ]
+        "train_net.py", "--config-file", INSTANT, "MODEL.WEIGHTS", path, *one_step(tmp_path / "out")
     )
     _assert_refused(proc, path, marker)
 
 
 def test_converter_and_visualizer_refuse_hostile_files(tmp_path):
     path, marker = _hostile_file(tmp_path, "hostile.pth")
-    proc = _run(
-        [
-            os.path.join(REPO, "tools", "convert_sn_to_d2.py"),
-            "--ckpt",
-            path,
-            "--dst",
-            str(tmp_path / "o.pth"),
-        ]
-    )
+    proc = _run("convert_sn_to_d2.py", "--ckpt", path, "--dst", str(tmp_path / "o.pth"))
     _assert_refused(proc, path, marker)
     assert not os.path.exists(tmp_path / "o.pth")
     proc = _run(
-        [
-            os.path.join(REPO, "tools", "visualize_sn.py"),
-            "--ckpt",
-            path,
-            "--config-file",
-            INSTANT,
-            "--out",
-            str(tmp_path / "vis"),
-        ]
+        "visualize_sn.py", "--ckpt", path, "--config-file", INSTANT, "--out", str(tmp_path / "vis")
     )
     _assert_refused(proc, path, marker)
 
@@ -169,17 +135,15 @@ def test_eval_continuous_runs_no_code_from_its_folder(tmp_path):
     path, marker = _hostile_file(folder, "model_0000001.pth")
     (folder / "last_checkpoint").write_text("model_0000001.pth")
     proc = _run(
-        [
-            os.path.join(REPO, "tools", "eval_continuous.py"),
-            "--config-file",
-            INSTANT,
-            "--load-dir",
-            str(folder),
-            "--timeout",
-            "2",
-            "--poll",
-            "0.2",
-        ]
+        "eval_continuous.py",
+        "--config-file",
+        INSTANT,
+        "--load-dir",
+        str(folder),
+        "--timeout",
+        "2",
+        "--poll",
+        "0.2",
     )
     assert not os.path.exists(marker), proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tool_runner import INSTANT, REPO, one_step
+
 SCRIPTS = os.path.join(REPO, "scripts")
-INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
 WORKFLOW = [
     "train_scratch.sh",
     "train_finetune.sh",
@@ -57,16 +57,7 @@ def test_train_scratch_then_eval_once_from_another_folder(tmp_path):
     out = tmp_path / "run"
     # Relative paths are the caller's: run from tmp_path with a relative OUTPUT_DIR.
     proc = run(
-        "train_scratch.sh",
-        INSTANT,
-        "SOLVER.MAX_ITER",
-        "1",
-        "DATASETS.TEST",
-        "()",
-        "OUTPUT_DIR",
-        "run",
-        env={"NUM_GPUS": "1"},
-        cwd=str(tmp_path),
+        "train_scratch.sh", INSTANT, *one_step("run"), env={"NUM_GPUS": "1"}, cwd=str(tmp_path)
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "model_final.pth").exists()

@@ -7,25 +7,10 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
-
-
-def run(*args, timeout=300):
-    proc = subprocess.run(
-        [sys.executable, TRAIN_NET, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
+from tool_runner import INSTANT, train_net
 
 
 def copypaste_results(log):
@@ -79,7 +64,7 @@ def test_training_writes_checkpoints(trained):
 def test_resume_continues_the_iteration_count(trained, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(trained[0], out)  # the shared run stays as it was for other tests
-    code, log = run(
+    code, log = train_net(
         "--config-file",
         INSTANT,
         "--resume",
@@ -99,7 +84,7 @@ def test_two_processes_with_sync_sn_train_once_and_evaluate_on_both(tmp_path):
     """--num-gpus 2 on a CPU machine: two gloo processes through detectron2's launch, SyncSN
     in backbone and FPN (the heads keep plain SN), one image per process."""
     out = str(tmp_path)
-    code, log = run(
+    code, log = train_net(
         "--num-gpus",
         "2",
         "--config-file",
@@ -139,7 +124,7 @@ def test_two_processes_with_sync_sn_train_once_and_evaluate_on_both(tmp_path):
 def test_eval_only_prints_the_ap_pycocotools_computes(trained, tmp_path):
     out, _ = trained
     eval_dir = str(tmp_path)
-    code, log = run(
+    code, log = train_net(
         "--config-file",
         INSTANT,
         "--eval-only",
@@ -184,7 +169,7 @@ def test_bad_config_is_one_sentence_and_exit_2(opts, message):
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-    code, log = run("--config-file", INSTANT, *opts, timeout=120)
+    code, log = train_net("--config-file", INSTANT, *opts, timeout=120)
     assert code == 2, log
     assert message in log
     assert "Traceback" not in log
@@ -192,29 +177,21 @@ def test_bad_config_is_one_sentence_and_exit_2(opts, message):
 
 def test_missing_dataset_path_says_where_and_how(tmp_path):
     env_root = str(tmp_path / "nowhere")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            TRAIN_NET,
-            "--config-file",
-            INSTANT,
-            "DATASETS.TEST",
-            "('coco_2017_val',)",
-        ],
-        capture_output=True,
-        text=True,
+    code, log = train_net(
+        "--config-file",
+        INSTANT,
+        "DATASETS.TEST",
+        "('coco_2017_val',)",
+        env={"DETECTRON2_DATASETS": env_root},
         timeout=120,
-        cwd=REPO,
-        env={**os.environ, "DETECTRON2_DATASETS": env_root},
     )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 2, log
+    assert code == 2, log
     assert f"{env_root}/coco/annotations/instances_val2017.json does not exist" in log
     assert "DETECTRON2_DATASETS" in log and "Traceback" not in log
 
 
 def test_missing_config_file():
-    code, log = run("--config-file", "configs/nope.yaml", timeout=120)
+    code, log = train_net("--config-file", "configs/nope.yaml", timeout=120)
     assert code == 2 and "cannot read the config file" in log and "does not exist" in log
     assert "Traceback" not in log
 
@@ -222,6 +199,6 @@ def test_missing_config_file():
 def test_key_typo_in_the_config_file_names_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f'_BASE_: "{INSTANT}"\nMODEL:\n  RESNETS:\n    NORMM: "SN"\n')
-    code, log = run("--config-file", str(bad), timeout=120)
+    code, log = train_net("--config-file", str(bad), timeout=120)
     assert code == 2 and f"{bad}: Non-existent config key: MODEL.RESNETS.NORMM" in log, log
     assert "Traceback" not in log

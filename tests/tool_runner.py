@@ -1,0 +1,58 @@
+"""The repository's tools run as a user runs them, in a subprocess: paths, runners, the option
+list of one short training step, and the check of a one-sentence refusal."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(REPO, "tools")
+TRAIN_NET = os.path.join(TOOLS, "train_net.py")
+# The quick-schedule config: a tiny Mask R-CNN with SN on the synthetic dataset.
+INSTANT = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_sn_instant_test.yaml")
+
+
+def run_tool(script, *args, env=None, drop=(), cwd=REPO, timeout=300):
+    """``python script *args`` with this interpreter, in ``cwd`` (None: this process's).
+    The environment is this process's without the variables in ``drop``, updated by ``env``.
+
+    Returns:
+        the CompletedProcess, its stdout and stderr as text.
+    """
+    full_env = {k: v for k, v in os.environ.items() if k not in drop}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+    )
+
+
+def train_net(*opts, env=None, timeout=300):
+    """tools/train_net.py with ``opts`` (arguments and config options), run from REPO.
+
+    Returns:
+        (exit code, stdout + stderr).
+    """
+    proc = run_tool(TRAIN_NET, *opts, env=env, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def one_step(output_dir):
+    """Config options for one training iteration, no evaluation, written to ``output_dir``."""
+    return ["SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()", "OUTPUT_DIR", str(output_dir)]
+
+
+def one_sentence_exit_2(code, log, *expected):
+    """Asserts a refusal: exit 2, no traceback, and a last line "error: ..." that contains each
+    of ``expected``. Returns that line."""
+    assert code == 2, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("error: "), last
+    for text in expected:
+        assert text in last, last
+    return last
