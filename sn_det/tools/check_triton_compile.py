@@ -44,16 +44,6 @@ import torch  # noqa: E402
 # passes aim at 4 programs per SM, which sets how they split (other archs: 108).
 SMS = {75: 40, 80: 108, 86: 84, 89: 142, 90: 132}
 
-R50_FPN_SHAPES = [
-    (2, 64, 400, 608),
-    (2, 256, 200, 304),
-    (2, 512, 100, 152),
-    (2, 1024, 50, 76),
-    (2, 2048, 25, 38),
-    (256, 256, 14, 14),
-    (1024, 256, 7, 7),
-    (8, 256, 200, 304),
-]
 # Not multiples of any tile; H*W = 1; one sample; W = 1; a single channel.
 ODD_SHAPES = [(3, 5, 7, 9), (2, 33, 17, 1), (1, 300, 1, 1), (1, 1, 13, 11), (5, 2048, 3, 3)]
 QUICK_SHAPES = [(2, 256, 200, 304), (1024, 256, 7, 7), (3, 5, 7, 9), (1, 300, 1, 1)]
@@ -98,7 +88,9 @@ def _make(cls, c, mode):
 
 def cases(quick):
     """Every (layer name, class, mode, dtype name, channels_last, shape) to drive."""
-    shapes = QUICK_SHAPES if quick else R50_FPN_SHAPES + ODD_SHAPES
+    from sn_det.tools.benchmark_sn import CUDA_SHAPES  # the R50-FPN shapes the GPU benchmark times
+
+    shapes = QUICK_SHAPES if quick else CUDA_SHAPES + ODD_SHAPES
     for name, cls in _layers():
         modes = ("train",) if quick and name != "SwitchNorm2d" else MODES
         for mode in modes:
