@@ -202,6 +202,16 @@ def test_unsupported_layouts_and_dtypes_are_declined():
     assert not switch_norm_triton.supports(x[:, :, ::2, :])  # no single stride does
 
 
+def test_bfloat16_goes_to_the_kernels_from_sm80_only():
+    supported = switch_norm_triton.dtype_supported
+    assert supported(torch.bfloat16, None)  # CPU tensors: the interpreter
+    assert not supported(torch.bfloat16, (7, 5)) and not supported(torch.bfloat16, (7, 0))
+    assert supported(torch.bfloat16, (8, 0)) and supported(torch.bfloat16, (9, 0))
+    for dtype in (torch.float32, torch.float16):
+        assert supported(dtype, (7, 5)) and supported(dtype, None)
+    assert not supported(torch.float64, (9, 0)) and not supported(torch.float64, None)
+
+
 # ---------------------------------------------------------------- SyncSwitchNorm2d, 2 ranks
 SYNC_CASES = [("1+2", (1, 2), True), ("0+2", (0, 2), True), ("1+2 without BN", (1, 2), False)]
 SYNC_SHAPE = (6, 5, 4)  # C, H, W

@@ -25,6 +25,12 @@ KERNELS = {
     "_backward_rows_kernel",
     "_backward_dx_kernel",
 }
+PLANE_PASSES = {
+    "_plane_moments_kernel",
+    "_affine_kernel",
+    "_backward_sums_kernel",
+    "_backward_dx_kernel",
+}
 
 
 def _run(args, timeout=600):
@@ -33,10 +39,6 @@ def _run(args, timeout=600):
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
     )
-
-
-def _triton_version():
-    return tuple(int(p) for p in triton.__version__.split(".")[:2])
 
 
 def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
@@ -56,10 +58,10 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
         assert len(rs) >= 4, (kernel, len(rs))
         assert len({r["key"] for r in rs}) == len(rs), f"{kernel}: a specialization compiled twice"
         assert max(r["registers"] for r in rs) <= 255
-        # The pinned Triton 2.3 and the GPU machine's 3.6 spill nothing (2048-element row
-        # tiles made _backward_rows spill 24 bytes). Newer ptxas (13.x, Triton >= 3.8) trades
-        # a 4-byte spill in one variant for occupancy.
-        limit = 0 if _triton_version() < (3, 7) else 8
+        # The passes that stream every activation never spill. In the small (N, C) kernels
+        # ptxas may keep 32-64 registers for occupancy and spill a few bytes (at most 20 for
+        # sm_80/90 over the full check); 2048-element row tiles spilled 24 at 128 registers.
+        limit = 0 if kernel in PLANE_PASSES else 20
         assert max(r["spill_bytes"] for r in rs) <= limit, (kernel, rs)
         # Shared memory far inside any sm_75+ GPU's 48 KB per block.
         assert max(r["shared_bytes"] for r in rs) <= 16384
@@ -110,6 +112,14 @@ def test_a_kernel_the_compiler_refuses_is_one_line_and_the_next_still_compiles(t
         assert (name, arch, error) == ("double", "80", "None")
         assert int(registers) > 0 and int(size) > 0
     assert lines[3] == "y untouched: True"  # compiled, never launched
+
+
+def test_bfloat16_is_compiled_only_where_the_layers_send_it():
+    from sn_det.tools import check_triton_compile
+
+    for arch, with_bf16 in ((75, False), (80, True), (90, True)):
+        dtypes = {case[3] for case in check_triton_compile.cases(False, arch)}
+        assert dtypes == ({"fp32", "fp16", "bf16"} if with_bf16 else {"fp32", "fp16"})
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ so the suite runs them on CPU tensors under ``TRITON_INTERPRET=1``; the same cod
 Triton 3.x.
 """
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -36,7 +37,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["SwitchNormTritonFunction", "supports"]
+__all__ = ["SwitchNormTritonFunction", "dtype_supported", "supports"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Programs to aim for in the plane passes, per streaming multiprocessor: enough to cover the
@@ -46,9 +47,25 @@ _PROGRAMS_PER_SM = 4
 INTERPRETER_TARGET_PROGRAMS = 8
 
 
+def dtype_supported(dtype: torch.dtype, capability: Optional[Tuple[int, int]]) -> bool:
+    """Whether the kernels take ``dtype`` on a GPU of compute ``capability`` (None: CPU
+    tensors, the interpreter). bfloat16 needs sm_80: for older GPUs (T4, V100) ptxas refuses
+    the kernels' bf16 loads ("Feature '.bf16' requires .target sm_80 or higher", found by
+    tools/check_triton_compile.py), so SN takes its torch-ops path there."""
+    if dtype == torch.bfloat16 and capability is not None:
+        return capability >= (8, 0)
+    return dtype in SUPPORTED_DTYPES
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> Tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def supports(x: Tensor) -> bool:
     """Whether this implementation handles ``x`` (dtype and a layout it can stride through)."""
-    return x.dtype in SUPPORTED_DTYPES and x.dim() == 4 and _plane_strides(x) is not None
+    capability = _capability(x.device.index) if x.is_cuda else None
+    return dtype_supported(x.dtype, capability) and x.dim() == 4 and _plane_strides(x) is not None
 
 
 # ---------------------------------------------------------------------------------- helpers

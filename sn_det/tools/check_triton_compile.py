@@ -10,7 +10,8 @@ that are allocated but never touched, with the launches turned into compilations
 
 - modes: training (moving average), training with batch-average statistics, no BN term,
   eval, frozen;
-- float32, float16 and bfloat16 input, contiguous and channels_last;
+- float32, float16 and bfloat16 input (bfloat16 from sm_80: older GPUs take SN's torch-ops
+  path for it), contiguous and channels_last;
 - the R50-FPN Mask R-CNN shapes of the GPU benchmark, and odd shapes (sizes that are not
   multiples of a tile, H*W = 1, one sample).
 
@@ -34,11 +35,7 @@ import sys
 import time
 from collections import defaultdict
 
-# The interpreter replaces @triton.jit kernels at import with Python ones; compiling needs
-# the real ones, so it must be off before the kernels are imported.
-os.environ.pop("TRITON_INTERPRET", None)
-
-import torch  # noqa: E402
+import torch
 
 # Streaming multiprocessors of one GPU of each arch (T4, A100, A40, L40, H100 SXM): the plane
 # passes aim at 4 programs per SM, which sets how they split (other archs: 108).
@@ -86,8 +83,10 @@ def _make(cls, c, mode):
     return layer
 
 
-def cases(quick):
-    """Every (layer name, class, mode, dtype name, channels_last, shape) to drive."""
+def cases(quick, arch):
+    """Every (layer name, class, mode, dtype name, channels_last, shape) to drive for
+    ``sm_<arch>``: the dtypes the layers send to the kernels on that GPU."""
+    from sn_det.layers.switch_norm_triton import dtype_supported
     from sn_det.tools.benchmark_sn import CUDA_SHAPES  # the R50-FPN shapes the GPU benchmark times
 
     shapes = QUICK_SHAPES if quick else CUDA_SHAPES + ODD_SHAPES
@@ -95,6 +94,8 @@ def cases(quick):
         modes = ("train",) if quick and name != "SwitchNorm2d" else MODES
         for mode in modes:
             for dtype in DTYPES:
+                if not dtype_supported(DTYPES[dtype], divmod(arch, 10)):
+                    continue
                 for channels_last in (False, True):
                     for shape in shapes:
                         yield name, cls, mode, dtype, channels_last, shape
@@ -118,7 +119,7 @@ def check(arch, quick, log=print):
     from sn_det.layers.triton_aot import compile_only
 
     records = []
-    all_cases = list(cases(quick))
+    all_cases = list(cases(quick, arch))
     saved = switchable_norm.TRITON_ON_CPU, switch_norm_triton.INTERPRETER_TARGET_PROGRAMS
     switchable_norm.TRITON_ON_CPU = True
     switch_norm_triton.INTERPRETER_TARGET_PROGRAMS = switch_norm_triton._PROGRAMS_PER_SM * SMS.get(
@@ -180,6 +181,9 @@ def main(argv=None):
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         _refuse(f"--json {args.json}: its folder does not exist.")
 
+    # The interpreter replaces @triton.jit kernels at import with Python ones; compiling needs
+    # the real ones, so it must be off before the kernels are imported.
+    os.environ.pop("TRITON_INTERPRET", None)
     try:
         import triton
     except ImportError:
