@@ -2,7 +2,7 @@
 # scripts/setup_env.sh; a no-op once installed), then does its job.
 PY := .venv/bin/python
 
-.PHONY: env demo test bench env-latest test-latest
+.PHONY: env demo test bench check-triton env-latest test-latest
 env:
 	@bash scripts/setup_env.sh
 
@@ -17,6 +17,11 @@ test: env
 # Layer and model benchmarks (minutes); writes benchmarks/latest.md.
 bench: env
 	$(PY) tools/benchmark_sn.py $(ARGS)
+
+# Compile every Triton kernel for GPU archs without a GPU: registers, spills, errors
+# (tools/check_triton_compile.py; default sm_90, e.g. ARGS="--arch 75,80,90").
+check-triton: env
+	$(PY) tools/check_triton_compile.py $(ARGS)
 
 # The suite on the newest torch/torchvision/numpy/triton the registry serves, with
 # detectron2's Python code (scripts/setup_latest_env.sh). CI runs the pinned suite above.
