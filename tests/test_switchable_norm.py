@@ -9,6 +9,7 @@ import torch
 from sn_det.layers import SwitchNorm2d
 from sn_reference import reference_switch_norm
 from sn_testing import assert_close, make_layer, random_input, reference_params
+from triton_interpreter import skip_if_interpreter_broken
 
 SHAPES = [(1, 3, 4, 5), (2, 8, 7, 3), (4, 5, 2, 2), (3, 16, 9, 11), (2, 4, 1, 6)]
 
@@ -451,6 +452,7 @@ def test_probability_mode_matches_logits(monkeypatch, path, using_bn, training):
         monkeypatch.setattr(sn_kernels, "_C", None)
     if path == "triton":
         pytest.importorskip("triton")
+        skip_if_interpreter_broken()
         monkeypatch.setattr(switchable_norm, "TRITON_ON_CPU", True)
     dtype = torch.float32 if path == "triton" else torch.double
     ref = make_layer(6, using_bn=using_bn).to(dtype).train(training)
