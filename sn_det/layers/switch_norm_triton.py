@@ -107,6 +107,25 @@ def _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, NC):
 
 
 @triton.jit
+def _plane_block(C, BLOCK_C: tl.constexpr):
+    """This program's planes: (sample n, channel indices cs [BLOCK_C], their mask). Program
+    axis 0 runs over the N * cdiv(C, BLOCK_C) (sample, channel block) pairs."""
+    pid = tl.program_id(0)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pid // c_blocks, cs, cs < C
+
+
+@triton.jit
+def _tile_offsets(n, cs, ls, s_n, s_c, s_l):
+    """Element offsets [BLOCK_C, BLOCK_L] of planes (n, cs) at positions ls, for strides
+    (s_n, s_c, s_l); in int64, as activations may hold more than 2^31 elements."""
+    cs64 = tl.expand_dims(cs.to(tl.int64), 1)
+    ls64 = tl.expand_dims(ls.to(tl.int64), 0)
+    return n.to(tl.int64) * s_n + cs64 * s_c + ls64 * s_l
+
+
+@triton.jit
 def _softmax3(ptr, K: tl.constexpr, PROBS: tl.constexpr):  # noqa: N803
     """Softmax of the K (2 or 3) switch logits at ``ptr``, as three scalars (p2 = 0 if K == 2);
     PROBS: the values at ``ptr`` are the mixing probabilities already (Sparse SN)."""
@@ -152,12 +171,8 @@ def _plane_moments_kernel(
     """Program (n, channel block, split s): mean and M2 = sum (x - mean)^2 of its planes over
     positions [s * span, (s + 1) * span), chunk by chunk, each chunk merged as a parallel variance.
     """
-    pid = tl.program_id(0)
     split = tl.program_id(1)
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // c_blocks
-    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = cs < C
+    n, cs, c_mask = _plane_block(C, BLOCK_C)
     base = x_ptr + n.to(tl.int64) * s_n + tl.expand_dims(cs.to(tl.int64) * s_c, 1)
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -333,23 +348,16 @@ def _affine_kernel(
     BLOCK_L: tl.constexpr,
 ):
     """Program (n, channel block, position block): y = (x - mu) * scale + bias."""
-    pid = tl.program_id(0)
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // c_blocks
-    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n, cs, c_mask = _plane_block(C, BLOCK_C)
     ls = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    c_mask = cs < C
     mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
     mu = tl.load(mu_ptr + n * C + cs, mask=c_mask, other=0.0)
     scale = tl.load(scale_ptr + n * C + cs, mask=c_mask, other=0.0)
     bias = tl.load(bias_ptr + cs, mask=c_mask, other=0.0).to(tl.float32)
-    cs64 = tl.expand_dims(cs.to(tl.int64), 1)
-    ls64 = tl.expand_dims(ls.to(tl.int64), 0)
-    n64 = n.to(tl.int64)
-    x = tl.load(x_ptr + n64 * s_n + cs64 * s_c + ls64 * s_l, mask=mask, other=0.0)
+    x = tl.load(x_ptr + _tile_offsets(n, cs, ls, s_n, s_c, s_l), mask=mask, other=0.0)
     y = (x.to(tl.float32) - tl.expand_dims(mu, 1)) * tl.expand_dims(scale, 1)
     y = y + tl.expand_dims(bias, 1)
-    tl.store(y_ptr + n64 * t_n + cs64 * t_c + ls64 * t_l, y, mask=mask)
+    tl.store(y_ptr + _tile_offsets(n, cs, ls, t_n, t_c, t_l), y, mask=mask)
 
 
 # ---------------------------------------------------------------------------------- backward
@@ -375,23 +383,16 @@ def _backward_sums_kernel(
     BLOCK_L: tl.constexpr,
 ):
     """Program (n, channel block, split): sum(dy) and sum(dy * (x - mean_in)) over its span."""
-    pid = tl.program_id(0)
     split = tl.program_id(1)
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // c_blocks
-    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = cs < C
+    n, cs, c_mask = _plane_block(C, BLOCK_C)
     m = tl.load(mean_in_ptr + n * C + cs, mask=c_mask, other=0.0)
-    n64 = n.to(tl.int64)
-    cs64 = tl.expand_dims(cs.to(tl.int64), 1)
     acc_g = tl.zeros([BLOCK_C], dtype=tl.float32)
     acc_gx = tl.zeros([BLOCK_C], dtype=tl.float32)
     for i in range(0, chunks_per_split):
         ls = split * span + i * BLOCK_L + tl.arange(0, BLOCK_L)
         mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
-        ls64 = tl.expand_dims(ls.to(tl.int64), 0)
-        x = tl.load(x_ptr + n64 * s_n + cs64 * s_c + ls64 * s_l, mask=mask, other=0.0)
-        g = tl.load(dy_ptr + n64 * t_n + cs64 * t_c + ls64 * t_l, mask=mask, other=0.0)
+        x = tl.load(x_ptr + _tile_offsets(n, cs, ls, s_n, s_c, s_l), mask=mask, other=0.0)
+        g = tl.load(dy_ptr + _tile_offsets(n, cs, ls, t_n, t_c, t_l), mask=mask, other=0.0)
         g = g.to(tl.float32)
         xc = tl.where(mask, x.to(tl.float32) - tl.expand_dims(m, 1), 0.0)
         acc_g += tl.sum(g, axis=1)
@@ -643,25 +644,18 @@ def _backward_dx_kernel(
     BLOCK_L: tl.constexpr,
 ):
     """Program (n, channel block, position block): dx = dy * scale + (x - mean_in) * a + b."""
-    pid = tl.program_id(0)
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // c_blocks
-    cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n, cs, c_mask = _plane_block(C, BLOCK_C)
     ls = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    c_mask = cs < C
     mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
     plane = n * C + cs
     m = tl.expand_dims(tl.load(mean_in_ptr + plane, mask=c_mask, other=0.0), 1)
     s = tl.expand_dims(tl.load(scale_ptr + plane, mask=c_mask, other=0.0), 1)
     a = tl.expand_dims(tl.load(a_ptr + plane, mask=c_mask, other=0.0), 1)
     b = tl.expand_dims(tl.load(b_ptr + plane, mask=c_mask, other=0.0), 1)
-    n64 = n.to(tl.int64)
-    cs64 = tl.expand_dims(cs.to(tl.int64), 1)
-    ls64 = tl.expand_dims(ls.to(tl.int64), 0)
-    x = tl.load(x_ptr + n64 * s_n + cs64 * s_c + ls64 * s_l, mask=mask, other=0.0)
-    g = tl.load(dy_ptr + n64 * t_n + cs64 * t_c + ls64 * t_l, mask=mask, other=0.0)
+    x = tl.load(x_ptr + _tile_offsets(n, cs, ls, s_n, s_c, s_l), mask=mask, other=0.0)
+    g = tl.load(dy_ptr + _tile_offsets(n, cs, ls, t_n, t_c, t_l), mask=mask, other=0.0)
     dx = g.to(tl.float32) * s + (x.to(tl.float32) - m) * a + b
-    tl.store(dx_ptr + n64 * u_n + cs64 * u_c + ls64 * u_l, dx, mask=mask)
+    tl.store(dx_ptr + _tile_offsets(n, cs, ls, u_n, u_c, u_l), dx, mask=mask)
 
 
 # ---------------------------------------------------------------------------------- launchers
