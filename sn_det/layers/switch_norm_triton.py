@@ -526,6 +526,28 @@ def _logit_grads(logit_ptr, p0, p1, p2, row, C, BLOCK_C: tl.constexpr, PROBS: tl
 
 
 @triton.jit
+def _row_chunk_grads(
+    g_shift_ptr, g_c_ptr, mean_in_ptr, mu_ptr, scale_ptr, rstd_ptr, weight_ptr,
+    ns, n_mask, c0, N, C, S, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """The planes of samples ``ns`` [BLOCK_N] and channels c0 .. c0 + BLOCK_C: (channel
+    indices, channel mask, [BLOCK_N, BLOCK_C] mask and offsets, mean_in, d_mean, d_var)."""
+    cs = c0 + tl.arange(0, BLOCK_C)
+    c_mask = cs < C
+    mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(c_mask, 0)
+    idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
+    w = tl.expand_dims(tl.load(weight_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
+    m = tl.load(mean_in_ptr + idx, mask=mask, other=0.0)
+    mu = tl.load(mu_ptr + idx, mask=mask, other=0.0)
+    scale = tl.load(scale_ptr + idx, mask=mask, other=0.0)
+    rstd = tl.load(rstd_ptr + idx, mask=mask, other=0.0)
+    _, d_mean, _, d_var = _mix_grads(
+        g_shift_ptr, g_c_ptr, idx, mask, S, N * C, m, mu, scale, rstd, w
+    )
+    return cs, c_mask, mask, idx, m, d_mean, d_var
+
+
+@triton.jit
 def _backward_rows_kernel(
     g_shift_ptr,
     g_c_ptr,  # partial sums (S, N*C)
@@ -567,18 +589,10 @@ def _backward_rows_kernel(
     row_m = tl.zeros([BLOCK_N], dtype=tl.float32)
     row_v = tl.zeros([BLOCK_N], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):  # first: the LN-term sums over channels
-        cs = c0 + tl.arange(0, BLOCK_C)
-        c_mask = cs < C
-        mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(c_mask, 0)
-        idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
-        w = tl.expand_dims(tl.load(weight_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
-        m = tl.load(mean_in_ptr + idx, mask=mask, other=0.0)
-        mu = tl.load(mu_ptr + idx, mask=mask, other=0.0)
-        scale = tl.load(scale_ptr + idx, mask=mask, other=0.0)
-        rstd = tl.load(rstd_ptr + idx, mask=mask, other=0.0)
-        _, d_mean, _, d_var = _mix_grads(
-            g_shift_ptr, g_c_ptr, idx, mask, S, N * C, m, mu, scale, rstd, w
-        )
+        _, _, _, _, _, d_mean, d_var = _row_chunk_grads(
+            g_shift_ptr, g_c_ptr, mean_in_ptr, mu_ptr, scale_ptr, rstd_ptr, weight_ptr,
+            ns, n_mask, c0, N, C, S, BLOCK_C,
+        )  # fmt: skip
         row_m += tl.sum(d_mean, axis=1)
         row_v += tl.sum(d_var, axis=1)
     ml = tl.expand_dims(tl.load(ln_mean_ptr + ns, mask=n_mask, other=0.0), 1)
@@ -588,18 +602,10 @@ def _backward_rows_kernel(
     g_vl = tl.expand_dims(pv1 * row_v / C, 1)
     two_over_l1 = tl.where(L > 1, 2.0 / _max(L - 1, 1).to(tl.float32), 0.0)
     for c0 in range(0, C, BLOCK_C):
-        cs = c0 + tl.arange(0, BLOCK_C)
-        c_mask = cs < C
-        mask = tl.expand_dims(n_mask, 1) & tl.expand_dims(c_mask, 0)
-        idx = tl.expand_dims(ns * C, 1) + tl.expand_dims(cs, 0)
-        w = tl.expand_dims(tl.load(weight_ptr + cs, mask=c_mask, other=0.0).to(tl.float32), 0)
-        m = tl.load(mean_in_ptr + idx, mask=mask, other=0.0)
-        mu = tl.load(mu_ptr + idx, mask=mask, other=0.0)
-        scale = tl.load(scale_ptr + idx, mask=mask, other=0.0)
-        rstd = tl.load(rstd_ptr + idx, mask=mask, other=0.0)
-        _, d_mean, _, d_var = _mix_grads(
-            g_shift_ptr, g_c_ptr, idx, mask, S, N * C, m, mu, scale, rstd, w
-        )
+        cs, c_mask, mask, idx, m, d_mean, d_var = _row_chunk_grads(
+            g_shift_ptr, g_c_ptr, mean_in_ptr, mu_ptr, scale_ptr, rstd_ptr, weight_ptr,
+            ns, n_mask, c0, N, C, S, BLOCK_C,
+        )  # fmt: skip
         d_mean_in = pm0 * d_mean + g_ml + 2.0 * (m - ml) * g_vl
         d_var_in = pv0 * d_var + g_vl
         if BN_BATCH:  # mean_bn = mean_n m, var_bn = mean_n v + mean_n (m - mean_bn)^2
