@@ -128,6 +128,7 @@ def test_bfloat16_is_compiled_only_where_the_layers_send_it():
         (["--arch", "70"], "sm_75 and newer"),
         (["--arch", "sm90"], "numbers like 80,90"),
         (["--json", "/nonexistent/dir/r.json"], "its folder does not exist"),
+        (["--json", "/"], "is a folder"),
     ],
 )
 def test_bad_arguments_are_one_sentence_and_exit_2(args, expected):

@@ -16,8 +16,9 @@ Eight kernel launches per training step of a layer (forward + backward), whateve
               _backward_rows    per-plane coefficients a, b of dx, the switch-logit gradients
               _backward_dx      dx = dy * scale + (x - mean_in) * a + b
 
-Statistics accumulate in float32 whatever the input dtype (float32/float16/bfloat16), and no
-float32 copy of a half-precision input is made: the large passes read the input as it is.
+Statistics accumulate in float32 whatever the input dtype (float32/float16, and bfloat16 from
+sm_80: see dtype_supported), and no float32 copy of a half-precision input is made: the large
+passes read the input as it is.
 Every variance is a sum of non-negative terms (chunk variances merged as parallel variances,
 Chan et al.), so none cancels for data far from zero. Inputs may be contiguous or
 channels_last; the (N, C, L) view of either is passed as strides.

@@ -37,6 +37,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from unittest import mock
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import triton
@@ -88,21 +89,14 @@ def ptxas_usage(log: str) -> Dict[str, int]:
 
 
 class _FakeCudaDriver:
-    """The part of Triton's CUDA driver that the JIT asks before compiling."""
-
-    binary_ext = "cubin"
+    """The part of Triton's CUDA driver that the JIT asks before compiling (device, stream,
+    target); launching, which needs the rest, never happens."""
 
     def __init__(self, arch: int):
         self.arch = arch
 
-    def is_active(self):
-        return True
-
     def get_current_device(self):
         return self.arch
-
-    def set_current_device(self, device):
-        pass
 
     def get_current_stream(self, device=None):
         return 0
@@ -114,32 +108,11 @@ class _FakeCudaDriver:
             return GPUTarget("cuda", self.arch, 32)
         return ("cuda", self.arch)
 
-    def assemble_tensormap_to_arg(self, tensormaps_info, args):
-        return args
-
 
 class _CacheEntry:
     """Stands in the JIT's cache for a specialization compiled by hand (Triton 2.3) or not
-    compiled at all (an error): nothing launches, so no launcher or handle is needed, and a
-    repeat of the same launch is not compiled (and reported) again."""
-
-    def __init__(self, error: str):
-        self.error = error
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables for the block, then restore them (unset if they were)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    compiled at all (an error; its record holds why): nothing launches, so no launcher or
+    handle is needed, and a repeat of the same launch is not compiled (and reported) again."""
 
 
 @contextlib.contextmanager
@@ -264,11 +237,11 @@ def compile_only(arch: int, records: List[CompileRecord]) -> Iterator[None]:
                         shared = kernel.metadata.shared
                     else:
                         cubin, log, shared = _compile_23(src, target, options)
-                        kernel = _CacheEntry(None)  # cached, never launched
+                        kernel = _CacheEntry()  # cached, never launched
             except Exception as exc:  # noqa: BLE001  (any compiler failure is the finding)
                 with open(diag.name, errors="replace") as f:
                     record.error = _one_line(exc, f.read())
-                kernel = _CacheEntry(record.error)
+                kernel = _CacheEntry()
                 cubin, log, shared = b"", "", None
         record.seconds = time.perf_counter() - start
         record.cubin_bytes = len(cubin)
@@ -284,28 +257,21 @@ def compile_only(arch: int, records: List[CompileRecord]) -> Iterator[None]:
         launched.add(self)
         return real_run(self, *args, grid=grid, warmup=True, **kwargs)
 
-    if TRITON_MAJOR >= 3:
-        config = driver_module.driver
-        saved_active = config._active
-        config.set_active(fake)
-    else:
-        proxy = driver_module.driver
-        saved_active = proxy._obj
-        proxy._obj = fake
-    compiler_module.compile = compile_and_record
-    JITFunction.run = run_warmup
+    driver = driver_module.driver  # 3.x: a DriverConfig; 2.3: a LazyProxy of the driver
+    # Set directly, not through set_active()/reset_active(): resetting would create the real
+    # CUDA driver, which needs libcuda.
+    driver_slot = "_active" if TRITON_MAJOR >= 3 else "_obj"
     try:
-        # A fresh cache: compile times are real, and no cubin of an earlier run is reused.
-        with tempfile.TemporaryDirectory(prefix="sn_det_triton_aot_") as cache_dir, _environ(
-            TRITON_CACHE_DIR=cache_dir, TRITON_DUMP_PTXAS_LOG="1"
-        ):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.object(driver, driver_slot, fake))
+            stack.enter_context(mock.patch.object(compiler_module, "compile", compile_and_record))
+            stack.enter_context(mock.patch.object(JITFunction, "run", run_warmup))
+            # A fresh cache: compile times are real, and no cubin of an earlier run is reused.
+            cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sn_det_aot_"))
+            stack.enter_context(
+                mock.patch.dict(os.environ, TRITON_CACHE_DIR=cache_dir, TRITON_DUMP_PTXAS_LOG="1")
+            )
             yield
     finally:
-        JITFunction.run = real_run
         for kernel in launched:  # this arch's kernels and binders: a later block starts afresh
             getattr(kernel, "device_caches" if TRITON_MAJOR >= 3 else "cache").pop(arch, None)
-        compiler_module.compile = real_compile
-        if TRITON_MAJOR >= 3:
-            config._active = saved_active  # not reset_active(): that would create the real driver
-        else:
-            proxy._obj = saved_active

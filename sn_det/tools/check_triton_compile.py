@@ -34,6 +34,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from unittest import mock
 
 import torch
 
@@ -120,23 +121,19 @@ def check(arch, quick, log=print):
 
     records = []
     all_cases = list(cases(quick, arch))
-    saved = switchable_norm.TRITON_ON_CPU, switch_norm_triton.INTERPRETER_TARGET_PROGRAMS
-    switchable_norm.TRITON_ON_CPU = True
-    switch_norm_triton.INTERPRETER_TARGET_PROGRAMS = switch_norm_triton._PROGRAMS_PER_SM * SMS.get(
-        arch, 108
-    )
+    # CPU tensors to the Triton launchers, whose plane passes split as on a GPU of this arch.
+    programs = switch_norm_triton._PROGRAMS_PER_SM * SMS.get(arch, 108)
     start = time.perf_counter()
-    try:
-        with compile_only(arch, records):
-            for i, (name, cls, mode, dtype, cl, shape) in enumerate(all_cases, 1):
-                drive(cls, mode, dtype, cl, shape)
-                if i % 50 == 0 or i == len(all_cases):
-                    log(
-                        f"[sm_{arch}] {i}/{len(all_cases)} cases, {len(records)} specializations"
-                        f" compiled, {time.perf_counter() - start:.0f} s"
-                    )
-    finally:
-        switchable_norm.TRITON_ON_CPU, switch_norm_triton.INTERPRETER_TARGET_PROGRAMS = saved
+    with mock.patch.object(switchable_norm, "TRITON_ON_CPU", True), mock.patch.object(
+        switch_norm_triton, "INTERPRETER_TARGET_PROGRAMS", programs
+    ), compile_only(arch, records):
+        for i, (name, cls, mode, dtype, cl, shape) in enumerate(all_cases, 1):
+            drive(cls, mode, dtype, cl, shape)
+            if i % 50 == 0 or i == len(all_cases):
+                log(
+                    f"[sm_{arch}] {i}/{len(all_cases)} cases, {len(records)} specializations"
+                    f" compiled, {time.perf_counter() - start:.0f} s"
+                )
     return records
 
 
@@ -180,6 +177,8 @@ def main(argv=None):
     archs = _parse_archs(args.arch)
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         _refuse(f"--json {args.json}: its folder does not exist.")
+    if args.json and os.path.isdir(args.json):
+        _refuse(f"--json {args.json} is a folder; give a file name.")
 
     # The interpreter replaces @triton.jit kernels at import with Python ones; compiling needs
     # the real ones, so it must be off before the kernels are imported.
