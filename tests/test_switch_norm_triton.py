@@ -169,31 +169,76 @@ def test_large_offset_matches_float64_of_the_unshifted_input():
 
 def test_eight_launches_per_training_step(monkeypatch):
     """Forward + backward of a training step in eight Triton kernel launches."""
-    launches = []
-
-    class Counting:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            launches.append(self.name)
-            return self.kernel[grid]
-
-    for name in dir(switch_norm_triton):
-        obj = getattr(switch_norm_triton, name)
-        if name.startswith("_") and name.endswith("_kernel"):
-            monkeypatch.setattr(switch_norm_triton, name, Counting(name, obj))
+    launches = _record_launches(monkeypatch)
     layer = SwitchNorm2d(8).to(DEVICE)
     x = torch.randn(2, 8, 5, 5, device=DEVICE, requires_grad=True)
     layer(x).sum().backward()
     assert len(launches) == 8, launches
 
 
-def test_empty_batch_and_tracing_take_the_torch_path():
-    x = torch.zeros(0, 4, 3, 3, device=DEVICE)
+def _record_launches(monkeypatch):
+    """[(kernel name, grid)] of every Triton launch from now on."""
+    launches = []
+
+    class Recording:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launches.append((self.name, tuple(grid)))
+            return self.kernel[grid]
+
+    for name in dir(switch_norm_triton):
+        if name.startswith("_") and name.endswith("_kernel"):
+            obj = getattr(switch_norm_triton, name)
+            monkeypatch.setattr(switch_norm_triton, name, Recording(name, obj))
+    return launches
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 4, 0, 5), (2, 4, 3, 0)])
+def test_empty_inputs_take_the_torch_path(shape):
+    # No samples, or empty planes (H*W == 0, which once divided by zero in the split sizes).
+    x = torch.zeros(shape, device=DEVICE, requires_grad=True)
     assert switchable_norm._triton_function(x) is None
-    y = SwitchNorm2d(4).to(DEVICE)(x)
+    layer = SwitchNorm2d(4).to(DEVICE)
+    y = layer(x)
     assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_kernels_run_on_the_inputs_gpu(monkeypatch):
+    """Triton launches on the current CUDA device: a tensor on another GPU switches to it
+    for the launches, and one on the current GPU (or on the CPU) changes nothing."""
+    cuda1 = torch.device("cuda", 1)
+
+    class OnGpu1:
+        is_cuda = True
+        device = cuda1
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    ctx = switch_norm_triton.on_device_of(OnGpu1())
+    assert isinstance(ctx, torch.cuda.device) and ctx.idx == 1
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert not isinstance(switch_norm_triton.on_device_of(OnGpu1()), torch.cuda.device)
+    assert not isinstance(switch_norm_triton.on_device_of(torch.ones(1)), torch.cuda.device)
+
+
+def test_elementwise_passes_keep_every_grid_axis_but_the_first_small(monkeypatch):
+    """CUDA allows 2^31 - 1 blocks on grid axis 0 but 65535 on axes 1 and 2. A large
+    channels_last map has more position blocks than that (C=64 gives 32-position blocks:
+    over 65535 past 2^21 positions), so only axis 0 may grow with the map."""
+    launches = _record_launches(monkeypatch)
+    x = torch.randn(1, 64, 40, 40, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    SwitchNorm2d(64).to(DEVICE)(x).sum().backward()
+    grids = dict(launches)
+    assert len(grids) == 8
+    # The reductions' axis 1 holds the splits along H*W: at most the target program count.
+    target = switch_norm_triton.INTERPRETER_TARGET_PROGRAMS if DEVICE == "cpu" else 65535
+    assert all(g <= target for grid in grids.values() for g in grid[1:]), grids
+    # 1600 positions in blocks of 32, one channel block: 50 programs along axis 0.
+    assert grids["_affine_kernel"] == (50,) and grids["_backward_dx_kernel"] == (50,)
 
 
 def test_unsupported_layouts_and_dtypes_are_declined():

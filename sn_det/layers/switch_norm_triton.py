@@ -29,6 +29,7 @@ so the suite runs them on CPU tensors under ``TRITON_INTERPRET=1``; the same cod
 Triton 3.x.
 """
 
+import contextlib
 import functools
 from typing import Optional, Tuple
 
@@ -38,7 +39,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["SwitchNormTritonFunction", "dtype_supported", "supports"]
+__all__ = ["SwitchNormTritonFunction", "dtype_supported", "on_device_of", "supports"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Programs to aim for in the plane passes, per streaming multiprocessor: enough to cover the
@@ -61,6 +62,11 @@ def dtype_supported(dtype: torch.dtype, capability: Optional[Tuple[int, int]]) -
 @functools.lru_cache(maxsize=None)
 def _capability(index: int) -> Tuple[int, int]:
     return torch.cuda.get_device_capability(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def supports(x: Tensor) -> bool:
@@ -108,13 +114,24 @@ def _combine_split_moments(mean_ptr, m2_ptr, idx, mask, S, span, L, NC):
 
 
 @triton.jit
-def _plane_block(C, BLOCK_C: tl.constexpr):
-    """This program's planes: (sample n, channel indices cs [BLOCK_C], their mask). Program
-    axis 0 runs over the N * cdiv(C, BLOCK_C) (sample, channel block) pairs."""
-    pid = tl.program_id(0)
+def _plane_block(pid, C, BLOCK_C: tl.constexpr):
+    """The planes of (sample, channel block) number ``pid``, of N * cdiv(C, BLOCK_C): sample
+    n, channel indices cs [BLOCK_C] and their mask."""
     c_blocks = tl.cdiv(C, BLOCK_C)
     cs = (pid % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     return pid // c_blocks, cs, cs < C
+
+
+@triton.jit
+def _plane_position_block(C, L, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's tile of the elementwise passes: sample n, channels cs [BLOCK_C], their
+    mask, positions ls [BLOCK_L]. One grid axis runs over every (sample, channel block,
+    position block), positions fastest: CUDA caps grid axes 1 and 2 at 65535 blocks, which
+    position blocks alone exceed for large channels_last maps (32 positions a block at C=64)."""
+    pid = tl.program_id(0)
+    l_blocks = tl.cdiv(L, BLOCK_L)
+    n, cs, c_mask = _plane_block(pid // l_blocks, C, BLOCK_C)
+    return n, cs, c_mask, (pid % l_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
 
 
 @triton.jit
@@ -173,7 +190,7 @@ def _plane_moments_kernel(
     positions [s * span, (s + 1) * span), chunk by chunk, each chunk merged as a parallel variance.
     """
     split = tl.program_id(1)
-    n, cs, c_mask = _plane_block(C, BLOCK_C)
+    n, cs, c_mask = _plane_block(tl.program_id(0), C, BLOCK_C)
     base = x_ptr + n.to(tl.int64) * s_n + tl.expand_dims(cs.to(tl.int64) * s_c, 1)
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -349,8 +366,7 @@ def _affine_kernel(
     BLOCK_L: tl.constexpr,
 ):
     """Program (n, channel block, position block): y = (x - mu) * scale + bias."""
-    n, cs, c_mask = _plane_block(C, BLOCK_C)
-    ls = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    n, cs, c_mask, ls = _plane_position_block(C, L, BLOCK_C, BLOCK_L)
     mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
     mu = tl.load(mu_ptr + n * C + cs, mask=c_mask, other=0.0)
     scale = tl.load(scale_ptr + n * C + cs, mask=c_mask, other=0.0)
@@ -385,7 +401,7 @@ def _backward_sums_kernel(
 ):
     """Program (n, channel block, split): sum(dy) and sum(dy * (x - mean_in)) over its span."""
     split = tl.program_id(1)
-    n, cs, c_mask = _plane_block(C, BLOCK_C)
+    n, cs, c_mask = _plane_block(tl.program_id(0), C, BLOCK_C)
     m = tl.load(mean_in_ptr + n * C + cs, mask=c_mask, other=0.0)
     acc_g = tl.zeros([BLOCK_C], dtype=tl.float32)
     acc_gx = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -651,8 +667,7 @@ def _backward_dx_kernel(
     BLOCK_L: tl.constexpr,
 ):
     """Program (n, channel block, position block): dx = dy * scale + (x - mean_in) * a + b."""
-    n, cs, c_mask = _plane_block(C, BLOCK_C)
-    ls = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    n, cs, c_mask, ls = _plane_position_block(C, L, BLOCK_C, BLOCK_L)
     mask = tl.expand_dims(c_mask, 1) & tl.expand_dims(ls < L, 0)
     plane = n * C + cs
     m = tl.expand_dims(tl.load(mean_in_ptr + plane, mask=c_mask, other=0.0), 1)
@@ -696,8 +711,7 @@ def _plane_tile(c: int, length: int, channels_fast: bool) -> Tuple[int, int]:
 def _splits(x: Tensor, planes_programs: int, chunks: int) -> Tuple[int, int]:
     """(number of splits S, chunks per split) along L for the plane reductions."""
     if x.is_cuda:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        target = _PROGRAMS_PER_SM * sms
+        target = _PROGRAMS_PER_SM * _multiprocessors(x.device.index)
     else:
         target = INTERPRETER_TARGET_PROGRAMS
     want = max(1, min(chunks, -(-target // planes_programs)))
@@ -723,6 +737,16 @@ def _interpreter_safe(*ts: Tensor):
     return tuple(t if t.is_cuda else t.detach().clone() for t in ts)
 
 
+def on_device_of(t: Tensor):
+    """A context in which ``t``'s GPU is the current CUDA device. Triton launches on the
+    current device and its current stream, not on the arguments' device: for x on cuda:1
+    while cuda:0 is current (MODEL.DEVICE cuda:1 in one process) the kernels would run in
+    the wrong GPU's context. A no-op when it is current already, and for CPU tensors."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 class SwitchNormTritonFunction(torch.autograd.Function):
     """SN forward and backward in eight Triton launches (see the module docstring).
 
@@ -733,7 +757,24 @@ class SwitchNormTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch: bool):
-        mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
+        with on_device_of(x):
+            return SwitchNormTritonFunction._forward(
+                ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch
+            )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        with on_device_of(dy):
+            return SwitchNormTritonFunction._backward(ctx, dy)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch: bool):
+        # The kernels read the (C,)/(K,) parameters at stride 1.
+        weight, bias = weight.contiguous(), bias.contiguous()
+        mean_weight, var_weight = _interpreter_safe(
+            mean_weight.contiguous(), var_weight.contiguous()
+        )
         n, c, h, w = x.shape
         length = h * w
         x_strides = _plane_strides(x)
@@ -789,7 +830,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
 
         y = torch.empty_like(x)  # keeps x's memory format (empty_like preserves it)
         y_strides = _plane_strides(y)
-        _affine_kernel[(n * c_blocks, triton.cdiv(length, block_l))](
+        _affine_kernel[(n * c_blocks * triton.cdiv(length, block_l),)](
             x, y, mu, scale, bias, c, length, *x_strides, *y_strides,
             BLOCK_C=block_c, BLOCK_L=block_l,
         )  # fmt: skip
@@ -802,8 +843,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
+    def _backward(ctx, dy):
         x, weight, mean_weight, var_weight = ctx.saved_tensors
         mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
         (layer, count, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
@@ -860,7 +900,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x)
-            _backward_dx_kernel[(n * c_blocks, triton.cdiv(length, block_l))](
+            _backward_dx_kernel[(n * c_blocks * triton.cdiv(length, block_l),)](
                 dy, x, dx, mean_in, scale, a, b, c, length,
                 *x_strides, *dy_strides, *_plane_strides(dx),
                 BLOCK_C=block_c, BLOCK_L=block_l,

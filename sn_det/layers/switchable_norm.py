@@ -64,8 +64,8 @@ _triton_module = None  # imported on first use: importing triton costs time at s
 def _triton_function(x: Tensor):
     """The Triton autograd Function when it handles ``x``, else None."""
     global _triton_module
-    if not (x.is_cuda or TRITON_ON_CPU) or x.shape[0] == 0 or torch.jit.is_tracing():
-        return None  # N == 0 has nothing to compute: the torch-ops path defines it
+    if not (x.is_cuda or TRITON_ON_CPU) or x.numel() == 0 or torch.jit.is_tracing():
+        return None  # N == 0 or H*W == 0: nothing to compute; the torch-ops path defines it
     if _triton_module is None:
         try:
             from . import switch_norm_triton as module
