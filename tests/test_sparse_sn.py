@@ -140,6 +140,48 @@ def test_layer_gradcheck_through_sparsestmax():
     )
 
 
+# aten ops that copy a device value to the host (or wait for one to size an output): on a
+# GPU each stalls the CPU until the GPU catches up, and none may run under CUDA-graph capture.
+_HOST_SYNCS = {"_local_scalar_dense", "nonzero", "item", "masked_select", "is_nonzero"}
+
+
+def _ops_run(fn):
+    """The aten op names (overload packets) that ``fn()`` dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize("z", [[0.3, 0.2, 0.1], [0.9, -0.4, 0.2], [0.5, 0.1]])
+def test_sparsestmax_and_the_layer_forward_never_wait_for_the_device(z):
+    z = torch.tensor(z, requires_grad=True)
+    assert not _ops_run(lambda: sparsestmax(z, 0.6).sum().backward()) & _HOST_SYNCS
+    m = _ssn(4, radius=0.5).float()
+    x = torch.randn(2, 4, 3, 3)
+
+    def step():
+        m(x).sum().backward()
+
+    step()  # the first forward after a load reads the fixed choices to the host, once
+    assert not _ops_run(step) & _HOST_SYNCS
+    with torch.no_grad():  # a fixed choice: the one-hot weights are made on the device
+        m.mean_weight.copy_(torch.tensor([0.0, 0.1, 2.0]))
+    m.radius.fill_(vertex_radius(3))
+    assert m.fix_one_hot_choices() >= 1
+    step()
+    ops = _ops_run(step)
+    assert not ops & _HOST_SYNCS, ops & _HOST_SYNCS
+
+
 def test_fixed_bn_choice_evaluates_as_batch_norm():
     m = _ssn(4, radius=vertex_radius(3))
     with torch.no_grad():

@@ -46,9 +46,11 @@ class _SparseSwitch:
 
     def _one(self, logits: Tensor, choice: int) -> Tensor:
         if choice >= 0:
-            return F.one_hot(torch.tensor(choice, device=logits.device), logits.numel()).to(
-                logits.dtype
-            )
+            # Filled on the device: a tensor made from the Python int would be a blocking
+            # host-to-device copy in every forward.
+            one_hot = logits.new_zeros(logits.numel())
+            one_hot[choice] = 1.0
+            return one_hot
         return sparsestmax(logits, self.radius.to(logits.dtype))
 
     def switch_weights(self) -> Tuple[Tensor, Tensor]:

@@ -70,18 +70,21 @@ def sparsestmax(z: Tensor, radius) -> Tensor:
     # K = 2 the simplex is that edge), the two others are (t, 1 - t) with t on the side of the
     # larger one. |p - u|^2 there is (t - 1/K)^2 + (1 - t - 1/K)^2 + (K - 2) / K^2 = r^2,
     # solved for t and clamped to [0, 1] (beyond the vertex distance: the vertex).
-    others = torch.ones(k, dtype=torch.bool, device=z.device)
+    # The indices of the two other coordinates, in increasing order, as a device tensor
+    # (indexing with argmin's result or a boolean mask would wait for the GPU).
     if k == 3:
-        others[torch.argmin(d)] = False
+        j = torch.argmin(d)
+        others = torch.stack([(j == 0).long(), 2 - (j == 2).long()])
+    else:
+        others = torch.arange(2, device=z.device)
     half = 0.5
     rest = (k - 2) / k**2
     # (t - 1/K)^2 + (1 - t - 1/K)^2 = 2 (t - 1/2)^2 + 2 (1/2 - 1/K)^2
     offset_sq = (r * r - rest - 2 * (0.5 - centre) ** 2) / 2
     offset = torch.sqrt(offset_sq.clamp_min(_TINY))
-    two = p[others]
+    two = p.gather(0, others)
     sign = torch.where(two[0] >= two[1], 1.0, -1.0).to(z.dtype)
     t = (half + sign * offset).clamp(0.0, 1.0)
-    edge = torch.zeros_like(p)
-    edge = edge.masked_scatter(others, torch.stack([t, 1 - t]))
+    edge = torch.zeros_like(p).scatter(0, others, torch.stack([t, 1 - t]))
     constrained = torch.where((pushed >= 0).all(), pushed, edge)
     return torch.where(inside & ~at_centre, constrained, p)
