@@ -11,6 +11,8 @@ r50fpn, the default on CUDA) a Mask R-CNN R50-FPN step on 2 random images of ~80
 FrozenBN, BN, GN and SN, in float32 and under AMP, with peak memory.
 
 On CUDA the layer part uses the R50-FPN shapes and runs in float32 and under float16 autocast.
+With --compiled it also times SN under torch.compile, which runs SN's torch-ops form as
+inductor's generated kernels (what a compiled model gets), beside sn_det's own kernels.
 
 Prints a markdown table and writes it to --out (default benchmarks/latest.md).
 
@@ -18,7 +20,10 @@ Examples:
   tools/benchmark_sn.py                      # full run (a few minutes on 2 CPU cores)
   tools/benchmark_sn.py --rounds 3 --skip-model
   tools/benchmark_sn.py --device cuda        # on a GPU machine: R50-FPN shapes, fp32 and AMP
-  tools/benchmark_sn.py --model r50fpn --image-size 128 160 --rounds 1 --model-rounds 1
+  tools/benchmark_sn.py --device cuda --compiled --skip-model   # Triton vs inductor
+  tools/benchmark_sn.py --shapes 2x64x56x56 8x256x14x14 --rounds 5 --skip-model
+  tools/benchmark_sn.py --model r50fpn --image-size 128 160 --rounds 1 --model-rounds 1 \
+      --warmup 1 --r50-opts MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 64
 """
 
 import argparse
@@ -85,13 +90,22 @@ class TextbookSwitchNorm2d(nn.Module):
         return x.view(n, c, h, w) * self.weight + self.bias
 
 
-def layer_factories(c):
-    return {
+COMPILED = "SN torch.compile"
+
+
+def layer_factories(c, compiled=False):
+    """The norms timed at C channels. ``compiled`` adds SN under torch.compile: inductor's
+    kernels for SN's torch-ops form (what a compiled model runs), against sn_det's own
+    kernels (C++ on CPU, Triton on CUDA) in the "SN (sn_det)" column."""
+    factories = {
         "SN (sn_det)": lambda: SwitchNorm2d(c),
         "SN textbook": lambda: TextbookSwitchNorm2d(c),
         "BatchNorm2d": lambda: nn.BatchNorm2d(c),
         "GroupNorm(32)": lambda: nn.GroupNorm(32, c),
     }
+    if compiled:
+        factories[COMPILED] = lambda: torch.compile(SwitchNorm2d(c))
+    return factories
 
 
 def saved_bytes(module, x):
@@ -113,14 +127,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_layers(shapes, rounds, device, amp=False):
+def bench_layers(shapes, rounds, device, amp=False, compiled=False):
     """Median forward+backward time, saved bytes and (CUDA) peak memory of each norm per shape.
-    ``amp``: a float16 input under float16 autocast, as a conv under AMP hands it on."""
+    ``amp``: a float16 input under float16 autocast, as a conv under AMP hands it on.
+    ``compiled``: SN under torch.compile too (compiled in the warm-up rounds, per shape)."""
     rows = []
     dtype = torch.float16 if amp else torch.float32
     for shape in shapes:
         print(f"[layers{' amp' if amp else ''}] {shape} ...", flush=True)
-        factories = layer_factories(shape[1])
+        if compiled:
+            torch._dynamo.reset()  # one shape's graphs at a time (dynamo caps recompilations)
+        factories = layer_factories(shape[1], compiled)
         mods = {k: f().to(device).train() for k, f in factories.items()}
         x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(True)
         dy = torch.randn(shape, device=device, dtype=dtype)
@@ -212,7 +229,7 @@ def bench_model(rounds, device, threads):
 R50_NORMS = ("FrozenBN", "BN", "GN", "SN")
 
 
-def r50_fpn_cfg(norm, device):
+def r50_fpn_cfg(norm, device, opts=()):
     """Mask R-CNN R50-FPN with ``norm`` in backbone, FPN, a 4conv1fc box head and the mask
     head (FrozenBN: detectron2's default, a frozen backbone and no norm elsewhere). No weights
     and learning rate 0: a timing needs no trained model, and lr 0 keeps every step alike."""
@@ -239,6 +256,7 @@ def r50_fpn_cfg(norm, device):
             "MODEL.ROI_MASK_HEAD.NORM", head_norm,
             "SOLVER.BASE_LR", 0.0,
         ]
+        + list(opts)
     )  # fmt: skip
     return cfg
 
@@ -268,11 +286,11 @@ def random_batch(num_images, size, device, seed):
     return batch
 
 
-def bench_r50_fpn(rounds, device, amp, size, warmup=3):
+def bench_r50_fpn(rounds, device, amp, size, warmup=3, opts=()):
     """s/step and peak memory of a Mask R-CNN R50-FPN training step (2 images of ``size``)
     per norm. Every model is warmed up on its own first (cuDNN autotuning, Triton compilation,
     the allocator), then the timed rounds rotate the order of the models, so that no model
-    always runs first or last in a round."""
+    always runs first or last in a round. ``opts``: KEY VALUE config overrides."""
     from sn_det.modeling import build_model
     from detectron2.utils.events import EventStorage
 
@@ -280,7 +298,7 @@ def bench_r50_fpn(rounds, device, amp, size, warmup=3):
 
     models = {}
     for norm in R50_NORMS:
-        cfg = r50_fpn_cfg(norm, device)
+        cfg = r50_fpn_cfg(norm, device, opts)
         torch.manual_seed(0)
         model = build_model(cfg).train()
         models[norm] = (model, build_sn_optimizer(cfg, model))
@@ -345,7 +363,7 @@ def machine_line(device, threads):
         what = platform.processor() or platform.machine()
         try:
             with open("/proc/cpuinfo") as f:
-                what = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+                what = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
         except (OSError, StopIteration):
             pass
     return f"{what}, {threads} threads, torch {torch.__version__}, {datetime.date.today()}"
@@ -375,45 +393,98 @@ def render(layer_rows, model_times, device, threads, rounds, model_rounds, amp_r
 
 
 def render_layers(layer_rows, title):
-    """Markdown tables of one bench_layers result: times and ratios, then CUDA peak memory."""
+    """Markdown tables of one bench_layers result: times and ratios (with a column group for
+    SN under torch.compile when it was timed), then CUDA peak memory."""
+    compiled = bool(layer_rows) and COMPILED in layer_rows[0][1]
+    columns = ["shape (N,C,H,W)", "SN ms", "GN ms", "BN ms", "textbook SN ms", "SN/GN", "SN/BN"]
+    columns += ["textbook/GN"]
+    if compiled:
+        columns += ["compiled SN ms", "compiled/GN", "compiled/SN"]
+    columns += ["SN saved/input", "GN saved/input", "textbook saved/input"]
     out = [f"Layers, forward+backward, {title}:", ""]
-    out.append(
-        "| shape (N,C,H,W) | SN ms | GN ms | BN ms | textbook SN ms | SN/GN | SN/BN | textbook/GN | SN saved/input | GN saved/input | textbook saved/input |"
-    )
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    out += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for shape, med, saved, peak, in_bytes in layer_rows:
         sn, gn, bn, tb = (
             med[k] for k in ("SN (sn_det)", "GroupNorm(32)", "BatchNorm2d", "SN textbook")
         )
-        out.append(
-            f"| {tuple(shape)} | {sn*1e3:.1f} | {gn*1e3:.1f} | {bn*1e3:.1f} | {tb*1e3:.1f} | "
-            f"**{sn/gn:.2f}** | {sn/bn:.2f} | {tb/gn:.2f} | "
-            f"**{saved['SN (sn_det)']/in_bytes:.2f}** | {saved['GroupNorm(32)']/in_bytes:.2f} | "
-            f"{saved['SN textbook']/in_bytes:.2f} |"
-        )
+        cells = [str(tuple(shape))] + [f"{t * 1e3:.1f}" for t in (sn, gn, bn, tb)]
+        cells += [f"**{sn / gn:.2f}**", f"{sn / bn:.2f}", f"{tb / gn:.2f}"]
+        if compiled:
+            co = med[COMPILED]
+            cells += [f"{co * 1e3:.1f}", f"**{co / gn:.2f}**", f"{co / sn:.2f}"]
+        cells += [
+            f"**{saved['SN (sn_det)'] / in_bytes:.2f}**",
+            f"{saved['GroupNorm(32)'] / in_bytes:.2f}",
+            f"{saved['SN textbook'] / in_bytes:.2f}",
+        ]
+        out.append("| " + " | ".join(cells) + " |")
     if layer_rows and layer_rows[0][3]:
+        names = ["SN (sn_det)", "GroupNorm(32)", "BatchNorm2d"] + ([COMPILED] if compiled else [])
+        heads = ["SN", "GN", "BN"] + (["compiled SN"] if compiled else [])
         out += [
             "",
-            "| shape | SN peak/input | GN peak/input | BN peak/input |",
-            "|---|---|---|---|",
+            "| shape | " + " | ".join(f"{h} peak/input" for h in heads) + " |",
+            "|" + "---|" * (len(heads) + 1),
         ]
         for shape, _, _, peak, in_bytes in layer_rows:
-            out.append(
-                f"| {tuple(shape)} | {peak['SN (sn_det)']/in_bytes:.2f} | "
-                f"{peak['GroupNorm(32)']/in_bytes:.2f} | {peak['BatchNorm2d']/in_bytes:.2f} |"
-            )
+            ratios = " | ".join(f"{peak[k] / in_bytes:.2f}" for k in names)
+            out.append(f"| {tuple(shape)} | {ratios} |")
     return out
 
 
+def _shape(text: str):
+    """An (N, C, H, W) shape from "NxCxHxW" (argparse type)."""
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape NxCxHxW of positive sizes")
+    if shape[1] % 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: C must be a multiple of 32 (GroupNorm(32))")
+    return shape
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Bad input: one sentence on stderr, exit 2 (no usage dump)."""
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N)")
+    parser.add_argument("--threads", type=_positive, default=2, help="torch threads on CPU")
+    parser.add_argument(
+        "--rounds", type=_positive, default=21, help="interleaved timing rounds (median)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
-    parser.add_argument("--rounds", type=int, default=21, help="interleaved timing rounds (median)")
-    parser.add_argument("--model-rounds", type=int, default=15, help="rounds of the model step")
+    parser.add_argument(
+        "--model-rounds", type=_positive, default=15, help="rounds of the model step"
+    )
     parser.add_argument("--skip-model", action="store_true", help="layers only")
+    parser.add_argument(
+        "--shapes",
+        type=_shape,
+        nargs="+",
+        metavar="NxCxHxW",
+        help="layer shapes (default: detection shapes on CPU, the R50-FPN ones on CUDA)",
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time SN under torch.compile (inductor's kernels; compiles once per shape)",
+    )
     parser.add_argument(
         "--model",
         choices=["demo", "r50fpn"],
@@ -422,34 +493,63 @@ def main():
     )
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=_positive,
         nargs=2,
         default=(800, 1216),
         metavar=("H", "W"),
         help="image size of the R50-FPN step (2 images)",
     )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed R50-FPN steps per model before timing"
+    )
+    parser.add_argument(
+        "--r50-opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides of the R50-FPN models, KEY VALUE pairs "
+        "(e.g. MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 64)",
+    )
     parser.add_argument("--out", default="benchmarks/latest.md", help="markdown file to write")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N)")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: this benchmark runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA GPU is available")
+    if len(args.r50_opts) % 2:
+        parser.error("--r50-opts takes KEY VALUE pairs; got an odd number of words")
+    if os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a folder; name the markdown file to write")
+    model = args.model or ("r50fpn" if device.type == "cuda" else "demo")
+    if model == "r50fpn" and not args.skip_model:
+        try:  # before minutes of layer timings: a bad override stops here, in one sentence
+            r50_fpn_cfg("SN", device, args.r50_opts)
+        except (KeyError, ValueError, TypeError, AssertionError) as e:
+            parser.error(f"--r50-opts {' '.join(args.r50_opts)!r} do not apply: {e}")
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
 
-    shapes = CUDA_SHAPES if device.type == "cuda" else SHAPES
-    layer_rows = bench_layers(shapes, args.rounds, device)
+    shapes = args.shapes or (CUDA_SHAPES if device.type == "cuda" else SHAPES)
+    layer_rows = bench_layers(shapes, args.rounds, device, compiled=args.compiled)
     # Under AMP on the GPU too: SN must not make a float32 copy of a half input.
     amp_rows = (
-        bench_layers(shapes, args.rounds, device, amp=True) if device.type == "cuda" else None
+        bench_layers(shapes, args.rounds, device, amp=True, compiled=args.compiled)
+        if device.type == "cuda"
+        else None
     )
-    model = args.model or ("r50fpn" if device.type == "cuda" else "demo")
     model_times, r50 = None, []
     if not args.skip_model and model == "demo":
         model_times = bench_model(args.model_rounds, device, args.threads)
     elif not args.skip_model:
         size = tuple(args.image_size)
         for amp in (False, True) if device.type == "cuda" else (False,):
-            results = bench_r50_fpn(args.model_rounds, device, amp, size)
+            results = bench_r50_fpn(
+                args.model_rounds, device, amp, size, max(args.warmup, 0), args.r50_opts
+            )
             r50.append((results, "AMP (float16 autocast)" if amp else "float32", size))
     table = render(
         layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds, amp_rows, r50

@@ -1,0 +1,96 @@
+"""tools/benchmark_sn.py at toy sizes on the CPU: every part runs (layers, SN under
+torch.compile, the Mask R-CNN R50-FPN step of the GPU benchmark) and the tables say what the
+code measured. Timings are not checked (a test cannot time reliably on a shared CPU)."""
+
+import os
+import re
+
+import pytest
+
+from tool_runner import TOOLS, one_sentence_exit_2, run_tool
+
+BENCH = os.path.join(TOOLS, "benchmark_sn.py")
+# A small R50-FPN configuration: ResNet-18 trunk, few proposals and sampled ROIs.
+SMALL_R50 = [
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "32",
+]  # fmt: skip
+
+
+def _table(text, first_cell):
+    """The rows (lists of cells, ** stripped) of the markdown table whose header starts with
+    ``first_cell``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_cell} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip().strip("*") for c in line.strip("|").split("|")])
+    return lines[start], rows
+
+
+def test_layers_compiled_sn_and_the_r50_step_on_toy_sizes(tmp_path):
+    out = tmp_path / "bench.md"
+    proc = run_tool(
+        BENCH,
+        "--shapes", "2x32x6x6", "3x64x5x4",
+        "--rounds", "2",
+        "--compiled",
+        "--model", "r50fpn", "--image-size", "64", "64", "--model-rounds", "1", "--warmup", "0",
+        "--r50-opts", *SMALL_R50,
+        "--out", str(out),
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert text in proc.stdout and not os.path.exists(str(out) + ".tmp")
+
+    header, rows = _table(text, "shape (N,C,H,W)")
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert "compiled SN ms" in columns and "compiled/GN" in columns
+    assert [r[0] for r in rows] == ["(2, 32, 6, 6)", "(3, 64, 5, 4)"]
+    for row in rows:
+        cells = dict(zip(columns, row))
+        times = [float(cells[k]) for k in ("SN ms", "GN ms", "BN ms", "compiled SN ms")]
+        assert all(t >= 0 for t in times), cells
+        # sn_det keeps x alone for backward; the textbook form keeps about three copies.
+        assert cells["SN saved/input"] == "1.00", cells
+        assert float(cells["textbook saved/input"]) > 2.5, cells
+
+    _, r50 = _table(text, "norm")
+    assert [r[0] for r in r50] == ["FrozenBN", "BN", "GN", "SN"]
+    by_norm = {r[0]: r for r in r50}
+    assert by_norm["GN"][2] == "1.00" and by_norm["FrozenBN"][3] == "1.00"
+    assert all(float(r[1]) > 0 for r in r50)
+    assert "2 images of 64x64" in text
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--shapes", "2x32x6"], "is not a shape NxCxHxW"),
+        (["--shapes", "2x30x6x6"], "multiple of 32"),
+        (["--device", "tpu"], "is not a device"),
+        (["--rounds", "0"], "not a positive whole number"),
+        (["--model", "r50fpn", "--r50-opts", "MODEL.NO_SUCH_KEY", "1"], "do not apply"),
+        (["--model", "r50fpn", "--r50-opts", "MODEL.RESNETS.DEPTH"], "KEY VALUE pairs"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, args, expected):
+    out = tmp_path / "bench.md"
+    proc = run_tool(BENCH, *args, "--out", str(out))
+    one_sentence_exit_2(proc.returncode, proc.stdout + proc.stderr, expected)
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_cuda_without_a_gpu_says_so():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_tool(BENCH, "--device", "cuda", "--skip-model")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert re.search(r"error: .*no CUDA GPU", proc.stderr), proc.stderr
