@@ -15,18 +15,23 @@
 #   4. seg.log     the SNSegmentation README command with MODEL.DEVICE cuda (mIoU)
 #   5. study.log   projects/NormStudy/study.py --device cuda at its tiny size (SN and SSN
 #                  at 1 and 8 images), study.md its table
-# Each step has its own time limit (GPU_CHECK_LIMITS="tests bench seg study" seconds,
-# default 120 240 100 90: 550 s with the set-up, inside one 600 s device call) and a failing
+#   6. compiled.md tools/benchmark_sn.py --device cuda --compiled --skip-model: sn_det's
+#                  Triton kernels against inductor's (SN under torch.compile); compiled.log
+# Each step has its own time limit (GPU_CHECK_LIMITS="tests bench seg study compiled"
+# seconds, default 120 240 100 90 240), cut to what is left of GPU_CHECK_TOTAL (default
+# 570 s, inside one 600 s device call; a step with under 30 s left is skipped), and a failing
 # step does not stop the next; GPU_CHECK_STEPS="tests bench" runs a subset (e.g. to split
-# the checks over two calls). The exit status is the number of failed steps.
+# the checks over two calls). The exit status is the number of failed or skipped steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 out=${OUT:-/tmp/sn_gpu}
 mkdir -p "$out"
 python=${PYTHON:-python3}
-read -r limit_tests limit_bench limit_seg limit_study <<<"${GPU_CHECK_LIMITS:-120 240 100 90}"
-steps=" ${GPU_CHECK_STEPS:-tests bench seg study} "
+read -r limit_tests limit_bench limit_seg limit_study limit_compiled \
+  <<<"${GPU_CHECK_LIMITS:-120 240 100 90 240}"
+total=${GPU_CHECK_TOTAL:-570}
+steps=" ${GPU_CHECK_STEPS:-tests bench seg study compiled} "
 if [[ -d .gpu_carry/site ]]; then
   export PYTHONPATH="$PWD/.gpu_carry/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -38,6 +43,13 @@ step() {  # step NAME LIMIT LOG COMMAND...: run with a time limit, log, report
   local name=$1 limit=$2 log=$3
   shift 3
   [[ "$steps" == *" $name "* ]] || return 0
+  local left=$((total - (SECONDS - start)))
+  ((limit <= left)) || limit=$left
+  if ((limit < 30)); then
+    echo "[gpu-checks] $name: skipped, ${left}s left of ${total}s"
+    failed=$((failed + 1))
+    return 0
+  fi
   echo "[gpu-checks] $name (limit ${limit}s) at $((SECONDS - start))s"
   timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
   local rc=$?
@@ -79,6 +91,8 @@ step seg "$limit_seg" "$out/seg.log" "$python" projects/SNSegmentation/train_net
 step study "$limit_study" "$out/study.log" "$python" projects/NormStudy/study.py --device cuda \
   --size tiny --norms SN,SSN --ims-per-process 1,8 --output /tmp/sn_gpu_study
 [[ -f /tmp/sn_gpu_study/results.md ]] && cp /tmp/sn_gpu_study/results.md "$out/study.md"
-echo "[gpu-checks] done in $((SECONDS - start))s, $failed failed step(s); files in $out:"
+step compiled "$limit_compiled" "$out/compiled.log" "$python" tools/benchmark_sn.py \
+  --device cuda --compiled --skip-model --rounds 11 --out "$out/compiled.md"
+echo "[gpu-checks] done in $((SECONDS - start))s, $failed failed or skipped step(s); files in $out:"
 ls "$out"
 exit "$failed"

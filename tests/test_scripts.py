@@ -133,3 +133,33 @@ def test_gpu_checks_without_a_gpu_say_so_and_test_nothing(tmp_path):
         "the GPU"
     )
     assert sorted(os.listdir(tmp_path)) == ["env.txt"]
+
+
+def test_gpu_checks_fit_their_steps_into_the_total_time(tmp_path):
+    """The step logic, with a stand-in Python that claims a GPU and spends 2 s per step: each
+    step's limit is cut to what is left of GPU_CHECK_TOTAL, and steps that would get under
+    30 s are skipped (and counted), so one device call never runs past its end."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$*" in\n'
+        '  -) cat >/dev/null; echo "fake python";;\n'
+        "  *is_available*) exit 0;;\n"
+        '  *"import xdist"*) exit 1;;\n'
+        '  *) echo "ran: $*"; sleep 2;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {"OUT": str(out), "PYTHON": str(fake), "GPU_CHECK_TOTAL": "31"}
+    proc = run("gpu_checks.sh", env=env)
+    log = proc.stdout
+    assert re.search(r"\[gpu-checks\] tests \(limit (31|30)s\) at [01]s", log), log
+    for name in ("bench", "seg", "study", "compiled"):
+        assert f"[gpu-checks] {name}: skipped, " in log, log
+    assert proc.returncode == 4, log  # the four skipped steps
+    assert "ran: -m pytest" in (out / "tests.log").read_text()
+    env.update(GPU_CHECK_TOTAL="600", GPU_CHECK_STEPS="compiled")
+    proc = run("gpu_checks.sh", env=env)
+    assert proc.returncode == 0 and "[gpu-checks] compiled (limit 240s)" in proc.stdout
+    assert "--device cuda --compiled --skip-model" in (out / "compiled.log").read_text()
