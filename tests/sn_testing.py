@@ -52,3 +52,24 @@ def random_input(shape, seed=1):
     return (
         x + torch.randn(shape[1], generator=g, dtype=torch.double).view(1, -1, 1, 1)
     ).requires_grad_(True)
+
+
+# aten ops that copy a device value to the host (or wait for one to size an output): on a
+# GPU each stalls the CPU until the GPU catches up, and none may run under CUDA-graph capture.
+HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "item", "masked_select", "is_nonzero"}
+
+
+def dispatched_ops(fn):
+    """The aten op names (overload packets) that ``fn()`` dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return seen

@@ -21,7 +21,7 @@ from sn_det.projects.sparse_sn import (
     vertex_radius,
 )
 from sn_reference import reference_switch_norm
-from sn_testing import assert_close, make_layer, random_input
+from sn_testing import HOST_SYNC_OPS, assert_close, dispatched_ops, make_layer, random_input
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT = os.path.join(
@@ -140,31 +140,10 @@ def test_layer_gradcheck_through_sparsestmax():
     )
 
 
-# aten ops that copy a device value to the host (or wait for one to size an output): on a
-# GPU each stalls the CPU until the GPU catches up, and none may run under CUDA-graph capture.
-_HOST_SYNCS = {"_local_scalar_dense", "nonzero", "item", "masked_select", "is_nonzero"}
-
-
-def _ops_run(fn):
-    """The aten op names (overload packets) that ``fn()`` dispatches."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    seen = set()
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        fn()
-    return seen
-
-
 @pytest.mark.parametrize("z", [[0.3, 0.2, 0.1], [0.9, -0.4, 0.2], [0.5, 0.1]])
 def test_sparsestmax_and_the_layer_forward_never_wait_for_the_device(z):
     z = torch.tensor(z, requires_grad=True)
-    assert not _ops_run(lambda: sparsestmax(z, 0.6).sum().backward()) & _HOST_SYNCS
+    assert not dispatched_ops(lambda: sparsestmax(z, 0.6).sum().backward()) & HOST_SYNC_OPS
     m = _ssn(4, radius=0.5).float()
     x = torch.randn(2, 4, 3, 3)
 
@@ -172,14 +151,14 @@ def test_sparsestmax_and_the_layer_forward_never_wait_for_the_device(z):
         m(x).sum().backward()
 
     step()  # the first forward after a load reads the fixed choices to the host, once
-    assert not _ops_run(step) & _HOST_SYNCS
+    assert not dispatched_ops(step) & HOST_SYNC_OPS
     with torch.no_grad():  # a fixed choice: the one-hot weights are made on the device
         m.mean_weight.copy_(torch.tensor([0.0, 0.1, 2.0]))
     m.radius.fill_(vertex_radius(3))
     assert m.fix_one_hot_choices() >= 1
     step()
-    ops = _ops_run(step)
-    assert not ops & _HOST_SYNCS, ops & _HOST_SYNCS
+    ops = dispatched_ops(step)
+    assert not ops & HOST_SYNC_OPS, ops & HOST_SYNC_OPS
 
 
 def test_fixed_bn_choice_evaluates_as_batch_norm():

@@ -7,7 +7,7 @@ import torch
 
 from sn_det.layers import SwitchNorm2d, switchable_norm
 from sn_reference import reference_switch_norm
-from sn_testing import make_layer, reference_params
+from sn_testing import HOST_SYNC_OPS, dispatched_ops, make_layer, reference_params
 from triton_interpreter import skip_if_interpreter_broken
 
 triton = pytest.importorskip("triton")
@@ -193,6 +193,22 @@ def _record_launches(monkeypatch):
             obj = getattr(switch_norm_triton, name)
             monkeypatch.setattr(switch_norm_triton, name, Recording(name, obj))
     return launches
+
+
+@pytest.mark.parametrize("mode", ["train", "batch_average", "eval"])
+def test_no_host_synchronisation_in_a_step(mode):
+    """The host code around the kernels reads no device value (on a GPU that would stall
+    the CPU every layer and break CUDA-graph capture)."""
+    layer = SwitchNorm2d(4, using_moving_average=mode != "batch_average").to(DEVICE)
+    layer.train(mode != "eval")
+    x = torch.randn(2, 4, 3, 3, device=DEVICE, requires_grad=True)
+
+    def step():
+        layer(x).sum().backward()
+
+    step()
+    ops = dispatched_ops(step)
+    assert not ops & HOST_SYNC_OPS, ops & HOST_SYNC_OPS
 
 
 @pytest.mark.parametrize("shape", [(0, 4, 3, 3), (2, 4, 0, 5), (2, 4, 3, 0)])
