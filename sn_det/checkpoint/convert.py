@@ -31,12 +31,12 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import torch
 
+from ..atomic_files import new_temp_file
 from .errors import CheckpointConversionError
 from .safe_load import load_checkpoint_file
 
@@ -264,7 +264,7 @@ def save_atomically(obj, dst: str) -> None:
     if as_pickle:
         obj = dict(obj)
         obj["model"] = {k: v.detach().cpu().numpy() for k, v in obj["model"].items()}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(dst)[1], dir=folder)
+    fd, tmp = new_temp_file(folder, suffix=os.path.splitext(dst)[1])
     try:
         with os.fdopen(fd, "wb") as f:
             if as_pickle:

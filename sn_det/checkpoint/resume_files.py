@@ -11,9 +11,10 @@ complete checkpoint of the folder.
 import math
 import os
 import re
-import tempfile
 import zipfile
 from typing import List
+
+from ..atomic_files import new_temp_file
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -71,7 +72,7 @@ def write_text_atomically(path: str, text: str) -> None:
     """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``:
     a reader (or a kill) never sees a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = new_temp_file(folder)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -16,8 +16,8 @@ import io
 import os
 import re
 import sys
-import tempfile
 
+from sn_det.atomic_files import new_temp_file
 from sn_det.checkpoint import (
     SN_AUTHOR,
     TRUST_ENV,
@@ -152,7 +152,7 @@ def write_all_or_nothing(out_dir: str, files: dict) -> None:
     staged = []
     try:
         for name, data in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out_dir)
+            fd, tmp = new_temp_file(out_dir)
             staged.append((tmp, os.path.join(out_dir, name)))
             with os.fdopen(fd, "wb") as f:
                 f.write(data if isinstance(data, bytes) else data.encode())

@@ -16,11 +16,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional
+
+from sn_det.atomic_files import new_temp_file
 
 from .plan import CONFIG, REPO, Run
 
@@ -102,7 +103,7 @@ def read_result(run_dir: str) -> Optional[dict]:
 def write_json_atomically(path: str, data) -> None:
     """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place:
     readers see the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    fd, tmp = new_temp_file(os.path.dirname(path))
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
