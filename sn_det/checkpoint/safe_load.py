@@ -66,8 +66,18 @@ def _refuse(path: str, why) -> UntrustedCheckpointError:
     return UntrustedCheckpointError(
         f"{path} holds Python objects beyond tensors, arrays and containers ({why}), and "
         f"loading it could run code: refused; if you trust this file, set {TRUST_ENV}=1 "
-        "(or pass --trust-checkpoint) to load it anyway"
+        "to load it anyway (convert_sn_to_d2 and visualize_sn also take --trust-checkpoint)"
     )
+
+
+def _weights_only_reason(message: str, limit: int = 200) -> str:
+    """What torch's weights_only unpickler objected to, without its advice (which suggests
+    weights_only=False), cut at a word boundary."""
+    reason = message.split("WeightsUnpickler error:", 1)[-1].strip()
+    reason = reason.splitlines()[0].strip() if reason else message.strip()
+    if len(reason) > limit:
+        reason = reason[:limit].rsplit(" ", 1)[0] + " ..."
+    return reason
 
 
 def _not_a_checkpoint(path: str, e: Exception) -> CheckpointConversionError:
@@ -103,6 +113,8 @@ def load_checkpoint_file(path: str, trust=None):
         CheckpointConversionError: a missing file, or one that is not a checkpoint.
         UntrustedCheckpointError: a file that references code, without the opt-in.
     """
+    if os.path.isdir(path):
+        raise CheckpointConversionError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointConversionError(f"{path} does not exist")
     trust = trust_requested() if trust is None else trust
@@ -116,8 +128,7 @@ def load_checkpoint_file(path: str, trust=None):
             # Not a torch file: a plain pickle under another name gets the .pkl rules.
             return _load_pickle(path, trust)
         if not trust:
-            reason = message.splitlines()[-1] if message.strip() else message
-            raise _refuse(path, reason.strip()[:200]) from None
+            raise _refuse(path, _weights_only_reason(message)) from None
     except Exception as e:  # zip/format errors come as several exception types
         raise _not_a_checkpoint(path, e) from None
     logger.warning(f"{path}: fully unpickling a file that references code ({TRUST_ENV}=1)")
