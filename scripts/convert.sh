@@ -18,6 +18,10 @@ fi
 src=$1
 dst=${2:-pretrained}
 root=$(cd "$(dirname "$0")/.." && pwd)  # paths given by the caller stay relative to $PWD
+if [[ ! -d $src ]]; then
+  echo "error: $src is not a folder (give the folder that holds the downloaded .pth files)" >&2
+  exit 2
+fi
 shopt -s nullglob nocasematch
 # depth and k of the (8,k) setting from a file name, or nothing
 patterns=(

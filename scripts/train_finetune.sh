@@ -11,5 +11,5 @@ root=$(cd "$(dirname "$0")/.." && pwd)  # paths given by the caller stay relativ
 config=${1:-$root/configs/sn_baselines/mask_rcnn_R_50_FPN_2x_sn_8x1.yaml}
 shift $(( $# > 0 ? 1 : 0 ))
 resume=()
-if [[ -n "${RESUME:-}" ]]; then resume=(--resume); fi
+if [[ "${RESUME:-0}" == 1 ]]; then resume=(--resume); fi
 exec "${PYTHON:-python}" "$root/tools/train_net.py" --num-gpus "${NUM_GPUS:-8}" "${resume[@]}" --config-file "$config" "$@"

@@ -53,6 +53,15 @@ def test_missing_arguments_print_usage_and_exit_2(script):
     assert "usage" in proc.stderr.lower()
 
 
+def test_convert_refuses_a_source_that_is_not_a_folder(tmp_path):
+    proc = run("convert.sh", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {tmp_path / 'nowhere'} is not a folder (give the folder that holds the "
+        "downloaded .pth files)"
+    )
+
+
 def test_train_scratch_then_eval_once_from_another_folder(tmp_path):
     out = tmp_path / "run"
     # Relative paths are the caller's: run from tmp_path with a relative OUTPUT_DIR.
