@@ -57,8 +57,14 @@ def instances_without_segmentation(annotations: List[dict]) -> List[int]:
 
 
 def _annotation_names(annotations: List[dict], indices: List[int]) -> str:
+    # detectron2's COCO loader drops annotation ids: then the position in the image's list.
     return ", ".join(
-        f"id {annotations[i]['id']}" if "id" in annotations[i] else f"#{i}" for i in indices
+        (
+            f"id {annotations[i]['id']}"
+            if "id" in annotations[i]
+            else f"#{i} (from 0) of the image's {len(annotations)}"
+        )
+        for i in indices
     )
 
 
