@@ -26,7 +26,7 @@ from detectron2.modeling.backbone import ResNet
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
-from .layers.norm import _NORM_BUILDERS, SNNorm
+from .layers.norm import _NORM_BUILDERS, D2_NORM_NAMES, SNNorm, known_norm_names
 from .modeling.backbone import freeze_sn_stages
 from .modeling.retinanet import cycle_retinanet_switch_norms
 
@@ -43,6 +43,10 @@ def resolve_lazy_norms(node: Any, _path: str = "") -> List[str]:
 
     Returns:
         the dotted paths of the keys replaced (for the log).
+
+    Raises:
+        ValueError: such a key holds a name neither detectron2 nor sn_det knows (detectron2's
+            get_norm would fail with a bare KeyError while building the model).
     """
     replaced = []
     if isinstance(node, DictConfig):
@@ -52,6 +56,11 @@ def resolve_lazy_norms(node: Any, _path: str = "") -> List[str]:
             if _is_norm_key(key) and isinstance(value, str) and value in _NORM_BUILDERS:
                 node[key] = L(SNNorm)(name=value)
                 replaced.append(path)
+            elif _is_norm_key(key) and isinstance(value, str) and value not in D2_NORM_NAMES:
+                raise ValueError(
+                    f"{path} = {value!r} is not a known norm type; known: "
+                    f"{', '.join(repr(n) for n in known_norm_names())}"
+                )
             elif isinstance(value, (DictConfig, ListConfig)):
                 replaced += resolve_lazy_norms(value, path)
     elif isinstance(node, ListConfig):

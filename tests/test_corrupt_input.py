@@ -66,11 +66,30 @@ def test_bad_weights_file_is_one_sentence(tmp_path, name, make, expected):
             [],
             "SOLVER.IMS_PER_BATCH 2 does not divide evenly over 3 processes",
         ),
+        ([], ["MODEL.SN.MOMENTUM", "1.5"], "MODEL.SN.MOMENTUM = 1.5 is not in [0, 1]"),
+        ([], ["MODEL.MIN_LOADED_FRACTION", "2.0"], "is not a fraction in [0, 1]"),
+        (
+            ["--eval-only"],
+            ["TEST.SN_BATCH_AVG.ENABLED", "True", "TEST.SN_BATCH_AVG.NUM_ITER", "0"],
+            "batch averaging needs at least one batch",
+        ),
     ],
 )
 def test_config_refused_with_the_fix(flags, opts, expected):
     code, log = train_net(*flags, "--config-file", INSTANT, *opts, timeout=120)
     one_sentence_exit_2(code, log, expected)
+
+
+def test_config_files_that_are_not_yacs_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("_BASE_: x.yaml\nMODEL:\n  SN: [\n")
+    code, log = train_net("--config-file", str(bad), timeout=120)
+    one_sentence_exit_2(code, log, f"{bad} is not valid YAML at line 4, column 1")
+    lazy = os.path.join(
+        os.path.dirname(INSTANT), "..", "lazy", "mask_rcnn_R_18_FPN_sn_synthetic.py"
+    )
+    code, log = train_net("--config-file", lazy, timeout=120)
+    one_sentence_exit_2(code, log, "is a Python (LazyConfig) config", "lazyconfig_train_net.py")
 
 
 def test_batch_average_mode_with_the_pass_is_accepted():
@@ -209,8 +228,14 @@ def test_empty_segmentation_refuses_training_before_the_first_step(tmp_path):
     code, log = _train_on(str(tmp_path))
     image = os.path.join(coco, "train2017", first["file_name"])
     # detectron2's COCO loader drops annotation ids: the instance is named by its position.
+    position = [a for a in data["annotations"] if a["image_id"] == first["id"]].index(ann)
+    count = sum(a["image_id"] == first["id"] for a in data["annotations"])
     one_sentence_exit_2(
-        code, log, f"error: {image} has an instance without a segmentation", "MASK_ON"
+        code,
+        log,
+        f"error: {image} has an instance without a segmentation (annotation #{position} "
+        f"(from 0) of the image's {count}; 1 such instance(s)",
+        "MASK_ON",
     )
     assert "Starting training from iteration" not in log  # refused before the first step
 
@@ -285,3 +310,44 @@ def test_dataset_file_error_survives_a_dataloader_worker():
     assert str(DatasetFileError(text)) == (
         "/d/a.png is not a readable image (OSError: image file is truncated)"
     )
+
+
+def test_eval_only_needs_no_training_annotations(tmp_path):
+    """--eval-only reads only the test sets: a machine with COCO's val2017 alone evaluates."""
+    coco, data = coco_style_dataset(str(tmp_path), num_images=2)
+    os.rename(os.path.join(coco, "train2017"), os.path.join(coco, "val2017"))
+    with open(os.path.join(coco, "annotations", "instances_val2017.json"), "w") as f:
+        json.dump(data, f)
+    opts = ["DATASETS.TRAIN", "('coco_2017_train',)", "DATASETS.TEST", "('coco_2017_val',)"]
+    opts += ["OUTPUT_DIR", str(tmp_path / "out")]
+    env = {"DETECTRON2_DATASETS": str(tmp_path)}
+    code, log = train_net("--config-file", INSTANT, "--eval-only", *opts, env=env)
+    assert code == 0, log[-3000:]
+    assert "Evaluation results for bbox" in log
+    # Training does need them, and says so before anything starts.
+    code, log = train_net("--config-file", INSTANT, *opts, env=env)
+    train_json = os.path.join(coco, "annotations", "instances_train2017.json")
+    one_sentence_exit_2(code, log, "DATASETS.TRAIN names 'coco_2017_train'", train_json)
+
+
+REGISTER_AND_TRAIN = """
+import sys
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from sn_det.data import synthetic  # registers sn_synth_val
+from sn_det.tools.train_net import invoke_main
+
+DatasetCatalog.register("my_val", lambda: DatasetCatalog.get("sn_synth_val"))
+MetadataCatalog.get("my_val").thing_classes = MetadataCatalog.get("sn_synth_val").thing_classes
+sys.argv = ["train_net.py"] + sys.argv[1:]
+invoke_main()
+"""
+
+
+def test_a_test_set_without_an_evaluator_is_refused_before_training(tmp_path):
+    proc = run_tool(
+        "-c", REGISTER_AND_TRAIN, "--config-file", INSTANT, "DATASETS.TEST", "('my_val',)",
+        *one_step(tmp_path / "out")[:2], "OUTPUT_DIR", str(tmp_path / "out"),
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    one_sentence_exit_2(proc.returncode, log, "dataset 'my_val' has evaluator_type None")
+    assert "Starting training" not in log

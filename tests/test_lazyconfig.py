@@ -154,3 +154,37 @@ def test_lazyconfig_train_net_bad_train_settings_are_one_sentence(tmp_path, over
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "config,overrides,flags,message",
+    [
+        (TINY, ["model.backbone.norm=SNN"], [], "model.backbone.norm = 'SNN' is not a known"),
+        (
+            "lazy/mask_rcnn_R_50_FPN_2x_sn.py",
+            ["train.init_checkpoint="],
+            [],
+            "dataloader.train names 'coco_2017_train', whose json_file",
+        ),
+        (  # evaluation reads the test set alone
+            "lazy/mask_rcnn_R_50_FPN_2x_sn.py",
+            ["train.init_checkpoint="],
+            ["--eval-only"],
+            "dataloader.test names 'coco_2017_val', whose json_file",
+        ),
+    ],
+)
+def test_lazyconfig_train_net_bad_norms_and_datasets_are_one_sentence(
+    tmp_path, config, overrides, flags, message
+):
+    proc = run_tool(
+        LAZY_TRAIN_NET,
+        "--config-file", os.path.join(REPO, "configs", config), *flags, *overrides,
+        f"train.output_dir={tmp_path}", "train.device=cpu",
+        env={"DETECTRON2_DATASETS": str(tmp_path / "datasets")},
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert "Traceback" not in proc.stderr

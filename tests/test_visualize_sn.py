@@ -61,6 +61,7 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(instant_run, tmp_pa
     ckpt = os.path.join(instant_run[0], "model_final.pth")
     cases = [
         (["--ckpt", str(tmp_path / "missing.pth"), "--config-file", INSTANT], "does not exist"),
+        (["--ckpt", str(tmp_path), "--config-file", INSTANT], "is a folder, not a checkpoint"),
         (
             # An R-50 model: the R-18 checkpoint does not hold its SN layers.
             [
@@ -164,6 +165,11 @@ def test_a_sparse_sn_checkpoint_through_the_project_option(tmp_path):
     torch.save({"model": model.state_dict()}, ckpt)
     dumped = tmp_path / "config.yaml"
     dumped.write_text(cfg.dump())
+    # Without --project its keys are unknown: the message names the project to pass.
+    proc = run("--ckpt", ckpt, "--config-file", str(dumped), "--out", str(tmp_path / "vis"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Non-existent config key: MODEL.SSN" in proc.stderr.strip().splitlines()[-1]
+    assert "(it is a config of the SparseSN project: pass --project SparseSN)" in proc.stderr
 
     for args in (
         ["--config-file", config],

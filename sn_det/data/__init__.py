@@ -30,6 +30,7 @@ __all__ = [
     "DatasetFileError",
     "check_segmentations",
     "prepare_datasets",
+    "prepare_dataset_names",
     "ensure_synthetic_dataset",
     "register_synthetic_datasets",
     "SYNTH_SPLITS",
@@ -72,12 +73,13 @@ _PATH_ATTRS = (
 )
 
 
-def prepare_datasets(cfg) -> None:
-    """Make every dataset in ``DATASETS.TRAIN``/``DATASETS.TEST`` ready to read.
+def prepare_datasets(cfg, train: bool = True) -> None:
+    """Make every dataset in ``DATASETS.TRAIN`` (unless ``train`` is False: evaluation only,
+    which reads no training data) and ``DATASETS.TEST`` ready to read.
 
     Generates the synthetic sets if they are named, and checks that the files of other
-    datasets (COCO-style, ADE20K, Cityscapes) exist, so a missing path is one clear error up front instead of a
-    traceback from inside a data loader or evaluator.
+    datasets (COCO-style, ADE20K, Cityscapes) exist, so a missing path is one clear error up
+    front instead of a traceback from inside a data loader or evaluator.
 
     Raises:
         FileNotFoundError: names the dataset, the missing path and how to set it.
@@ -85,29 +87,38 @@ def prepare_datasets(cfg) -> None:
         ModuleNotFoundError: a panoptic test set without the panopticapi module.
         DatasetFileError: a test set's json annotation file that is not valid json.
     """
-    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
-        for name in getattr(cfg.DATASETS, key.split(".")[1]):
-            if key == "DATASETS.TEST" and name in DatasetCatalog.list():
-                _check_evaluator_dependencies(name)
-            if name in GENERATED_DATASETS:
-                GENERATED_DATASETS[name]()
-                continue
-            if name not in DatasetCatalog.list():
-                raise KeyError(
-                    f"{key} names {name!r}, which is not a registered dataset; registered are "
-                    f"e.g. {', '.join(sorted(GENERATED_DATASETS))}, coco_2017_train, coco_2017_val"
+    if train:
+        prepare_dataset_names("DATASETS.TRAIN", cfg.DATASETS.TRAIN, test=False)
+    prepare_dataset_names("DATASETS.TEST", cfg.DATASETS.TEST, test=True)
+
+
+def prepare_dataset_names(key: str, names, test: bool) -> None:
+    """:func:`prepare_datasets` for the dataset ``names`` a config holds under ``key`` (used
+    in the messages; a LazyConfig's dataloader keys too); ``test``: evaluated after training,
+    so their annotation files and evaluator modules are checked now as well. Raises as
+    :func:`prepare_datasets`."""
+    for name in names:
+        if test and name in DatasetCatalog.list():
+            _check_evaluator_dependencies(name)
+        if name in GENERATED_DATASETS:
+            GENERATED_DATASETS[name]()
+            continue
+        if name not in DatasetCatalog.list():
+            raise KeyError(
+                f"{key} names {name!r}, which is not a registered dataset; registered are "
+                f"e.g. {', '.join(sorted(GENERATED_DATASETS))}, coco_2017_train, coco_2017_val"
+            )
+        meta = MetadataCatalog.get(name)
+        for attr in _PATH_ATTRS:
+            path = meta.get(attr, None)
+            if path and not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"{key} names {name!r}, whose {attr} {path} does not exist; put the "
+                    f"dataset there, or set DETECTRON2_DATASETS to the folder that holds "
+                    f"{_folder_hint(name)}"
                 )
-            meta = MetadataCatalog.get(name)
-            for attr in _PATH_ATTRS:
-                path = meta.get(attr, None)
-                if path and not os.path.exists(path):
-                    raise FileNotFoundError(
-                        f"{key} names {name!r}, whose {attr} {path} does not exist; put the "
-                        f"dataset there, or set DETECTRON2_DATASETS to the folder that holds "
-                        f"{_folder_hint(name)}"
-                    )
-            if key == "DATASETS.TEST":  # read only after training: parse them now
-                check_annotation_files([name])
+        if test:  # read only after training: parse them now
+            check_annotation_files([name])
 
 
 def _check_evaluator_dependencies(name: str) -> None:

@@ -30,7 +30,13 @@ from detectron2.evaluation import (
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-__all__ = ["EVALUATOR_TYPES", "build_evaluator", "sem_seg_evaluator", "load_label_image"]
+__all__ = [
+    "EVALUATOR_TYPES",
+    "build_evaluator",
+    "check_evaluator_type",
+    "sem_seg_evaluator",
+    "load_label_image",
+]
 
 EVALUATOR_TYPES = (
     "coco",
@@ -61,6 +67,22 @@ def sem_seg_evaluator(dataset_name: str, output_folder: str) -> SemSegEvaluator:
     )
 
 
+def check_evaluator_type(dataset_name: str) -> str:
+    """The dataset's ``evaluator_type``, if :func:`build_evaluator` knows it.
+
+    Raises:
+        ValueError: the dataset has no ``evaluator_type`` or one not in :data:`EVALUATOR_TYPES`.
+    """
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type not in EVALUATOR_TYPES:
+        raise ValueError(
+            f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}, for which sn_det "
+            f"knows no evaluator; set its metadata's evaluator_type to one of "
+            f"{', '.join(EVALUATOR_TYPES)}, or override Trainer.build_evaluator"
+        )
+    return evaluator_type
+
+
 def build_evaluator(cfg, dataset_name: str, output_folder=None) -> DatasetEvaluator:
     """The evaluator(s) for ``dataset_name``, by ``MetadataCatalog.get(dataset_name)
     .evaluator_type``.
@@ -74,13 +96,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder=None) -> DatasetEvalua
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    if evaluator_type not in EVALUATOR_TYPES:
-        raise ValueError(
-            f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}, for which sn_det "
-            f"knows no evaluator; set its metadata's evaluator_type to one of "
-            f"{', '.join(EVALUATOR_TYPES)}, or override Trainer.build_evaluator"
-        )
+    evaluator_type = check_evaluator_type(dataset_name)
     if evaluator_type == "cityscapes_instance":
         return CityscapesInstanceEvaluator(dataset_name)
     if evaluator_type == "cityscapes_sem_seg":

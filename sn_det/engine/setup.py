@@ -5,6 +5,7 @@ from typing import Optional
 
 
 import torch
+import yaml
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
@@ -80,6 +81,28 @@ def _check_batch_average(cfg) -> None:
         )
 
 
+def _check_ranges(cfg) -> None:
+    """Values that only fail deep inside model building or evaluation, checked up front."""
+    sn = cfg.MODEL.SN
+    if not 0.0 <= sn.MOMENTUM <= 1.0:
+        raise ConfigError(
+            f"MODEL.SN.MOMENTUM = {sn.MOMENTUM} is not in [0, 1]; it is the weight of the old "
+            "running value (the SN papers' convention: 0.997; PyTorch BN's 0.1 is 0.9 here)"
+        )
+    if not sn.EPS > 0:
+        raise ConfigError(f"MODEL.SN.EPS = {sn.EPS} must be > 0 (it is added to the variance)")
+    if cfg.TEST.SN_BATCH_AVG.ENABLED and cfg.TEST.SN_BATCH_AVG.NUM_ITER < 1:
+        raise ConfigError(
+            f"TEST.SN_BATCH_AVG.NUM_ITER = {cfg.TEST.SN_BATCH_AVG.NUM_ITER}: batch averaging "
+            "needs at least one batch"
+        )
+    if not 0.0 <= cfg.MODEL.MIN_LOADED_FRACTION <= 1.0:
+        raise ConfigError(
+            f"MODEL.MIN_LOADED_FRACTION = {cfg.MODEL.MIN_LOADED_FRACTION} is not a fraction in "
+            "[0, 1] (the share of the model's weights a checkpoint must fill)"
+        )
+
+
 def _check_batch_size(cfg, args) -> None:
     """detectron2 splits SOLVER.IMS_PER_BATCH evenly over the processes (and asserts so deep
     inside its data loader). Evaluation alone reads no training batches, unless it
@@ -94,6 +117,22 @@ def _check_batch_size(cfg, args) -> None:
         )
 
 
+def _project_hint(config_file: str, given=()) -> str:
+    """For a config with keys sn_det lacks: the project whose keys make it read (a run's
+    config.yaml lies in OUTPUT_DIR, not under projects/, so the project is not found from
+    its folder); "" if none does."""
+    for project in CONFIG_ADDERS:
+        try:
+            (adder,) = config_adders(project)
+            if adder in given:
+                continue
+            get_sn_cfg(tuple(given) + (adder,)).merge_from_file(config_file)
+        except Exception:  # not this project's config (or the project cannot load here)
+            continue
+        return f" (it is a config of the {project} project: pass --project {project})"
+    return ""
+
+
 def load_cfg(config_file: str, opts=(), config_adders=()) -> CfgNode:
     """get_cfg + sn_det's keys + the file + ``KEY VALUE`` opts, not frozen and not checked
     beyond parsing (for tools that only build a model, e.g. tools/visualize_sn.py).
@@ -106,12 +145,25 @@ def load_cfg(config_file: str, opts=(), config_adders=()) -> CfgNode:
         ConfigError: a missing or unreadable file, a key typo or a wrongly typed value.
     """
     cfg = get_sn_cfg(config_adders)
+    if config_file.endswith(".py") and os.path.isfile(config_file):
+        raise ConfigError(
+            f"{config_file} is a Python (LazyConfig) config; train it with "
+            "tools/lazyconfig_train_net.py (this tool reads yaml configs)"
+        )
     try:
         cfg.merge_from_file(config_file)
     except (FileNotFoundError, AssertionError) as e:  # detectron2 asserts the file exists
         raise ConfigError(f"cannot read the config file: {e}") from None
+    except yaml.YAMLError as e:  # its message spans lines: where, and what was expected
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        what = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{config_file} is not valid YAML{at}: {what}") from None
     except (KeyError, ValueError) as e:  # yacs: "Non-existent config key: MODEL.FOO", types
-        raise ConfigError(f"{config_file}: {e.args[0] if e.args else e}") from None
+        message = str(e.args[0] if e.args else e)
+        if message.startswith("Non-existent config key"):
+            message += _project_hint(config_file, config_adders)
+        raise ConfigError(f"{config_file}: {message}") from None
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError) as e:  # key typos, types, odd-length opts
@@ -130,9 +182,9 @@ def setup_cfg(args, default=True, config_adders=()):
     Raises:
         ConfigError: a missing or unreadable config file, a key typo, an unknown norm or
             dataset, a missing dataset path or evaluator module, a test set's unreadable
-            annotation file, a CUDA device on a machine without one, SN
-            batch-average mode without the averaging pass, or a batch that does not divide
-            over the processes.
+            annotation file, a CUDA device on a machine without one, an SN value out of
+            range, SN batch-average mode without the averaging pass, or a batch that does
+            not divide over the processes.
     """
     cfg = load_cfg(args.config_file, args.opts, config_adders)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -141,11 +193,14 @@ def setup_cfg(args, default=True, config_adders=()):
             "add 'MODEL.DEVICE cpu' to the command line"
         )
     _check_weights(cfg, resume=getattr(args, "resume", False))
+    _check_ranges(cfg)
     _check_batch_average(cfg)
     _check_batch_size(cfg, args)
+    # Evaluation alone reads no training data, except to recompute batch-average statistics.
+    train = not getattr(args, "eval_only", False) or cfg.TEST.SN_BATCH_AVG.ENABLED
     try:
         check_norm_config(cfg)
-        prepare_datasets(cfg)
+        prepare_datasets(cfg, train=train)
     except (ValueError, KeyError, FileNotFoundError, ImportError, DatasetFileError) as e:
         raise ConfigError(str(e.args[0] if e.args else e)) from None
     cfg.freeze()

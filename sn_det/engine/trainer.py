@@ -18,7 +18,7 @@ from ..data import CheckedMapper, annotation_files_named, check_segmentations
 from ..data.resumable_loader import ResumableTrainLoader
 from ..modeling import build_model
 from .batch_average import recompute_sn_batch_statistics
-from .evaluation import build_evaluator
+from .evaluation import build_evaluator, check_evaluator_type
 from .hooks import SNBatchAverage, SNImportanceLogger
 from .optimizer import build_sn_optimizer
 from .resume import IsolatedEvalHook, ResumeState
@@ -195,6 +195,20 @@ class Trainer(DefaultTrainer):
         """The evaluators the dataset's ``evaluator_type`` calls for (see
         :func:`sn_det.engine.evaluation.build_evaluator`)."""
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def check_evaluators(cls, cfg) -> None:
+        """Refuse, before any training, a test set that :meth:`build_evaluator` would refuse
+        only at the first evaluation (after the whole run). A subclass that overrides
+        build_evaluator decides for itself: nothing is checked for it.
+
+        Raises:
+            ValueError: a DATASETS.TEST entry without a known ``evaluator_type``.
+        """
+        if getattr(cls.build_evaluator, "__func__", None) is not Trainer.build_evaluator.__func__:
+            return
+        for name in cfg.DATASETS.TEST:
+            check_evaluator_type(name)
 
 
 def create_ddp_model(model, **kwargs):

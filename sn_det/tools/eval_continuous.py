@@ -195,6 +195,10 @@ def run(args) -> int:
     trainer_cls = project_trainer(selected_project(args))
     if not cfg.DATASETS.TEST:
         raise ConfigError("DATASETS.TEST is empty: nothing to evaluate the checkpoints on")
+    try:
+        trainer_cls.check_evaluators(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     default_sn_setup(cfg, args)
     evaluator = ContinuousEvaluator(cfg, load_dir, trainer_cls)
     done = read_done(evaluator.jsonl)

@@ -34,7 +34,7 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, ListConfig
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
-from sn_det.data import GENERATED_DATASETS
+from sn_det.data import DatasetFileError, prepare_dataset_names
 from sn_det.engine.parent_watch import exit_with_parent
 from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
 from sn_det.lazy import build_lazy_model, resolve_lazy_norms
@@ -78,8 +78,31 @@ def load_lazy_config(path: str, overrides=()):
     ]
     if missing:
         raise LazyConfigError(f"{path} has no {', '.join(missing)} section (see --help)")
-    resolve_lazy_norms(cfg)
+    try:
+        resolve_lazy_norms(cfg)
+    except ValueError as e:
+        raise LazyConfigError(str(e)) from None
     return cfg
+
+
+def check_datasets(cfg, eval_only: bool) -> None:
+    """The dataloader's datasets ready to read, as the yacs tools have them: the synthetic
+    ones generated, the files of the others checked (a missing COCO folder is one sentence,
+    not a pycocotools traceback). Training sets are not read for --eval-only.
+
+    Raises:
+        LazyConfigError: an unregistered name, a missing file, an unreadable test json.
+    """
+    groups = []
+    if not eval_only and "train" in cfg.dataloader:
+        groups.append(("dataloader.train", cfg.dataloader.train, False))
+    if "test" in cfg.dataloader:
+        groups.append(("dataloader.test", cfg.dataloader.test, True))
+    for key, node, test in groups:
+        try:
+            prepare_dataset_names(key, list(_dataset_names(node)), test=test)
+        except (KeyError, ValueError, FileNotFoundError, ImportError, DatasetFileError) as e:
+            raise LazyConfigError(str(e.args[0] if e.args else e)) from None
 
 
 def check_train_settings(cfg, resume: bool) -> None:
@@ -170,9 +193,7 @@ def do_train(args, cfg):
 
 def main(args):
     cfg = load_lazy_config(args.config_file, args.opts)
-    for name in set(_dataset_names(cfg.dataloader)):
-        if name in GENERATED_DATASETS:
-            GENERATED_DATASETS[name]()
+    check_datasets(cfg, args.eval_only)
     default_setup(cfg, args)
     if args.eval_only:
         model = build_lazy_model(cfg.model)
@@ -197,7 +218,9 @@ def _main_or_exit(args, launcher_pid=None):
 def invoke_main() -> None:
     args = default_argument_parser(epilog=__doc__.split("Examples:")[1]).parse_args()
     try:  # config errors before any worker starts: one sentence, exit 2
-        check_train_settings(load_lazy_config(args.config_file, args.opts), args.resume)
+        cfg = load_lazy_config(args.config_file, args.opts)
+        check_train_settings(cfg, args.resume)
+        check_datasets(cfg, args.eval_only)
     except LazyConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -132,8 +132,11 @@ def invoke_main(
         print(f"Project {project}: {trainer_cls.__name__}, with its config keys")
     # Config errors are reported before any worker starts, as one sentence and exit 2.
     try:
-        setup_cfg(args, default=False, config_adders=config_adders)
-    except ConfigError as e:
+        cfg = setup_cfg(args, default=False, config_adders=config_adders)
+        check = getattr(trainer_cls, "check_evaluators", None)  # sn_det's Trainer and subclasses
+        if check is not None:
+            check(cfg)
+    except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print("Command Line Args:", args)
