@@ -240,6 +240,21 @@ def test_empty_segmentation_refuses_training_before_the_first_step(tmp_path):
     assert "Starting training from iteration" not in log  # refused before the first step
 
 
+def test_builtin_coco_name_over_other_categories_is_one_sentence(tmp_path):
+    coco, data = coco_style_dataset(str(tmp_path))
+    data["categories"] = [dict(c, name=f"part_{c['id']}") for c in data["categories"]]
+    _write(coco, data)
+    code, log = _train_on(str(tmp_path))
+    json_file = os.path.join(coco, "annotations", "instances_train2017.json")
+    one_sentence_exit_2(
+        code,
+        log,
+        f"error: dataset 'coco_2017_train' is registered with other thing_classes than "
+        f"{json_file} holds",
+        "register_coco_instances",
+    )
+
+
 def test_truncated_training_json_names_the_file(tmp_path):
     coco, data = coco_style_dataset(str(tmp_path))
     _write(coco, data)

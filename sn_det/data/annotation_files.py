@@ -9,11 +9,13 @@ naming neither the file nor the dataset. Here:
   sets, which detectron2 reads only after training);
 - :func:`annotation_files_named` turns such an error raised while a dataset is being
   loaded into a :class:`DatasetFileError` naming the file (used around the training loader,
-  whose files are too large to parse twice).
+  whose files are too large to parse twice), and so detectron2's assertion that a loaded
+  json's categories differ from the ones registered under the dataset's name.
 """
 
 import contextlib
 import json
+import re
 from typing import Iterable, Optional, Tuple
 
 from detectron2.data import MetadataCatalog
@@ -24,6 +26,12 @@ __all__ = ["ANNOTATION_ATTRS", "check_annotation_files", "annotation_files_named
 
 # Metadata attributes naming a dataset's json annotation files.
 ANNOTATION_ATTRS = ("json_file", "panoptic_json")
+
+# detectron2's Metadata.__setattr__ assertion when a loader sets a value that differs from
+# the registered one (load_coco_json sets thing_classes from the json's categories).
+_METADATA_CONFLICT = re.compile(
+    r"Attribute '(\w+)' in the metadata of '([^']+)' cannot be set to a different value"
+)
 
 
 def _json_problem(path: str) -> Optional[str]:
@@ -84,6 +92,18 @@ def annotation_files_named(names: Iterable[str]):
     names = list(names)
     try:
         yield
+    except AssertionError as e:  # detectron2's Metadata refuses to change a registered value
+        conflict = _METADATA_CONFLICT.match(str(e))
+        if conflict is None or conflict.group(2) not in names:
+            raise
+        attr, name = conflict.groups()
+        files = [MetadataCatalog.get(name).get(a, None) for a in ANNOTATION_ATTRS]
+        where = " or ".join(f for f in files if f) or "its annotation files"
+        raise DatasetFileError(
+            f"dataset {name!r} is registered with other {attr} than {where} holds (e.g. a "
+            "builtin COCO name over data with other categories); register your data under a "
+            "name of its own (detectron2's register_coco_instances)"
+        ) from None
     except (ValueError, KeyError, TypeError):
         problem = _first_problem(names)
         if problem is None:
