@@ -68,10 +68,16 @@ def test_bad_weights_file_is_one_sentence(tmp_path, name, make, expected):
         ),
         ([], ["MODEL.SN.MOMENTUM", "1.5"], "MODEL.SN.MOMENTUM = 1.5 is not in [0, 1]"),
         ([], ["MODEL.MIN_LOADED_FRACTION", "2.0"], "is not a fraction in [0, 1]"),
+        ([], ["MODEL.SN.EPS", "0.0"], "MODEL.SN.EPS = 0.0 must be > 0"),
         (
             ["--eval-only"],
             ["TEST.SN_BATCH_AVG.ENABLED", "True", "TEST.SN_BATCH_AVG.NUM_ITER", "0"],
             "batch averaging needs at least one batch",
+        ),
+        (  # evaluation reads the training sets' metadata (keypoint flip maps), not files
+            ["--eval-only"],
+            ["DATASETS.TRAIN", "('sn_synth_trian',)"],
+            "DATASETS.TRAIN names 'sn_synth_trian', which is not a registered dataset",
         ),
     ],
 )
@@ -85,6 +91,15 @@ def test_config_files_that_are_not_yacs_yaml(tmp_path):
     bad.write_text("_BASE_: x.yaml\nMODEL:\n  SN: [\n")
     code, log = train_net("--config-file", str(bad), timeout=120)
     one_sentence_exit_2(code, log, f"{bad} is not valid YAML at line 4, column 1")
+    # A syntax error in a _BASE_ names the base; an empty file or a list is not a config.
+    child = tmp_path / "child.yaml"
+    child.write_text(f"_BASE_: {bad}\n")
+    code, log = train_net("--config-file", str(child), timeout=120)
+    one_sentence_exit_2(code, log, f"{bad} is not valid YAML at line 4, column 1")
+    for text in ("", "- MODEL\n"):
+        child.write_text(text)
+        code, log = train_net("--config-file", str(child), timeout=120)
+        one_sentence_exit_2(code, log, f"{child} (or a _BASE_ of it) is not a detectron2 config")
     lazy = os.path.join(
         os.path.dirname(INSTANT), "..", "lazy", "mask_rcnn_R_18_FPN_sn_synthetic.py"
     )
@@ -253,6 +268,29 @@ def test_builtin_coco_name_over_other_categories_is_one_sentence(tmp_path):
         f"{json_file} holds",
         "register_coco_instances",
     )
+
+
+def test_builtin_coco_test_set_over_other_categories_is_refused_before_training(tmp_path):
+    coco, data = coco_style_dataset(str(tmp_path))
+    _write(coco, data)
+    data["categories"] = [dict(c, name=f"part_{c['id']}") for c in data["categories"]]
+    val_json = os.path.join(coco, "annotations", "instances_val2017.json")
+    with open(val_json, "w") as f:
+        json.dump(data, f)
+    os.symlink(os.path.join(coco, "train2017"), os.path.join(coco, "val2017"))
+    code, log = train_net(
+        "--config-file", INSTANT, "DATASETS.TRAIN", "('coco_2017_train',)",
+        "DATASETS.TEST", "('coco_2017_val',)", "OUTPUT_DIR", str(tmp_path / "out"),
+        env={"DETECTRON2_DATASETS": str(tmp_path)},
+    )  # fmt: skip
+    one_sentence_exit_2(
+        code,
+        log,
+        f"error: {val_json}, the json_file of dataset 'coco_2017_val', is of other categories "
+        "(80, e.g. ['part_1', 'part_2', 'part_3']) than the 80 registered",
+        "register_coco_instances",
+    )
+    assert "Starting training" not in log
 
 
 def test_truncated_training_json_names_the_file(tmp_path):

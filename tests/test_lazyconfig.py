@@ -53,6 +53,19 @@ def test_unknown_factory_name_is_one_sentence():
         SNNorm("XN")
 
 
+def test_unknown_names_under_any_norm_key_are_refused_and_known_ones_kept():
+    from omegaconf import OmegaConf
+
+    from sn_det.lazy import resolve_lazy_norms
+
+    cfg = OmegaConf.create({"head": {"conv_norm": "GN", "fc_norm": "", "layers": [{"norm": "SN"}]}})
+    assert resolve_lazy_norms(cfg) == ["head.layers[0].norm"]
+    assert cfg.head.conv_norm == "GN" and cfg.head.fc_norm == ""
+    cfg = OmegaConf.create({"head": {"conv_norm": "GNN", "num_norm": 3}})
+    with pytest.raises(ValueError, match=r"^head.conv_norm = 'GNN' is not a known norm type"):
+        resolve_lazy_norms(cfg)
+
+
 def test_lazyconfig_train_net_trains_and_evaluates(tmp_path):
     out = str(tmp_path / "run")
     proc = run_tool(

@@ -89,6 +89,9 @@ def prepare_datasets(cfg, train: bool = True) -> None:
     """
     if train:
         prepare_dataset_names("DATASETS.TRAIN", cfg.DATASETS.TRAIN, test=False)
+    else:  # evaluation reads their metadata (e.g. keypoint flip maps), not their files
+        for name in cfg.DATASETS.TRAIN:
+            _check_registered("DATASETS.TRAIN", name)
     prepare_dataset_names("DATASETS.TEST", cfg.DATASETS.TEST, test=True)
 
 
@@ -99,15 +102,11 @@ def prepare_dataset_names(key: str, names, test: bool) -> None:
     :func:`prepare_datasets`."""
     for name in names:
         if test and name in DatasetCatalog.list():
-            _check_evaluator_dependencies(name)
+            _check_evaluator_dependencies(key, name)
         if name in GENERATED_DATASETS:
             GENERATED_DATASETS[name]()
             continue
-        if name not in DatasetCatalog.list():
-            raise KeyError(
-                f"{key} names {name!r}, which is not a registered dataset; registered are "
-                f"e.g. {', '.join(sorted(GENERATED_DATASETS))}, coco_2017_train, coco_2017_val"
-            )
+        _check_registered(key, name)
         meta = MetadataCatalog.get(name)
         for attr in _PATH_ATTRS:
             path = meta.get(attr, None)
@@ -121,7 +120,15 @@ def prepare_dataset_names(key: str, names, test: bool) -> None:
             check_annotation_files([name])
 
 
-def _check_evaluator_dependencies(name: str) -> None:
+def _check_registered(key: str, name: str) -> None:
+    if name not in GENERATED_DATASETS and name not in DatasetCatalog.list():
+        raise KeyError(
+            f"{key} names {name!r}, which is not a registered dataset; registered are "
+            f"e.g. {', '.join(sorted(GENERATED_DATASETS))}, coco_2017_train, coco_2017_val"
+        )
+
+
+def _check_evaluator_dependencies(key: str, name: str) -> None:
     """Refuse before training a test set whose evaluator needs a module that is missing:
     detectron2 imports panopticapi only when PQ is computed, after the whole run."""
     if MetadataCatalog.get(name).get("evaluator_type", None) != "coco_panoptic_seg":
@@ -130,7 +137,7 @@ def _check_evaluator_dependencies(name: str) -> None:
         import panopticapi.evaluation  # noqa: F401
     except ImportError:
         raise ModuleNotFoundError(
-            f"DATASETS.TEST names {name!r}, whose panoptic quality (PQ) is computed by the "
+            f"{key} names {name!r}, whose panoptic quality (PQ) is computed by the "
             "panopticapi module, which is not installed; install it with "
             "'pip install --no-deps panopticapi-lite==0.2.0' (it needs only numpy and pillow)"
         ) from None

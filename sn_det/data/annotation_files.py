@@ -34,50 +34,75 @@ _METADATA_CONFLICT = re.compile(
 )
 
 
-def _json_problem(path: str) -> Optional[str]:
-    """Why ``path`` is not a COCO-style json object, or None when it is one."""
+_RESTORE = "restore the file (for COCO, download it again) or point the dataset at a good copy"
+
+
+def _json_problem(path: str, thing_classes=None) -> Optional[Tuple[str, str]]:
+    """Why ``path`` is not a COCO-style json object (or, given the dataset's registered
+    ``thing_classes``, one whose categories are others), and the fix; None when it is one."""
     try:
         with open(path, "rb") as f:
             data = json.load(f)
     except UnicodeDecodeError as e:
-        return f"not UTF-8 text: {e.reason} at byte {e.start}"
+        return f"not UTF-8 text: {e.reason} at byte {e.start}", _RESTORE
     except ValueError as e:  # json.JSONDecodeError
-        return f"not valid JSON: {e}"
+        return f"not valid JSON: {e}", _RESTORE
     if not isinstance(data, dict) or "images" not in data:
-        return f"valid JSON but not COCO annotations (a {type(data).__name__} without 'images')"
+        return (
+            f"valid JSON but not COCO annotations (a {type(data).__name__} without 'images')",
+            _RESTORE,
+        )
+    categories = data.get("categories")
+    if thing_classes is not None and isinstance(categories, list):
+        # What detectron2's load_coco_json will set as thing_classes (and assert equal).
+        try:
+            names = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+        except (KeyError, TypeError):
+            return "valid JSON but not COCO annotations (categories without id and name)", _RESTORE
+        if names != list(thing_classes):
+            return (
+                f"of other categories ({len(names)}, e.g. {names[:3]}) than the "
+                f"{len(thing_classes)} registered under the dataset's name (e.g. "
+                f"{list(thing_classes)[:3]})",
+                "register such data under a name of its own (detectron2's "
+                "register_coco_instances)",
+            )
     return None
 
 
-def _first_problem(names: Iterable[str]) -> Optional[Tuple[str, str, str, str]]:
-    """(dataset, attribute, path, problem) of the first unreadable annotation file."""
+def _first_problem(names: Iterable[str]) -> Optional[Tuple[str, str, str, str, str]]:
+    """(dataset, attribute, path, problem, fix) of the first unreadable annotation file."""
     for name in names:
         meta = MetadataCatalog.get(name)
         for attr in ANNOTATION_ATTRS:
             path = meta.get(attr, None)
             if not path:
                 continue
+            # Only the instance json's categories become thing_classes (COCO's loader).
+            classes = meta.get("thing_classes", None) if attr == "json_file" else None
+            if meta.get("evaluator_type", None) != "coco":
+                classes = None
             try:
-                problem = _json_problem(path)
+                problem = _json_problem(path, classes)
             except OSError:  # missing files are prepare_datasets' sentence
                 continue
             if problem:
-                return name, attr, path, problem
+                return (name, attr, path) + problem
     return None
 
 
-def _error(problem: Tuple[str, str, str, str]) -> DatasetFileError:
-    name, attr, path, reason = problem
-    return DatasetFileError(
-        f"{path}, the {attr} of dataset {name!r}, is {reason}; restore the file (for COCO, "
-        "download it again) or point the dataset at a good copy"
-    )
+def _error(problem: Tuple[str, str, str, str, str]) -> DatasetFileError:
+    name, attr, path, reason, fix = problem
+    return DatasetFileError(f"{path}, the {attr} of dataset {name!r}, is {reason}; {fix}")
 
 
 def check_annotation_files(names: Iterable[str]) -> None:
     """Parse the json annotation files of the datasets ``names``.
 
     Raises:
-        DatasetFileError: the first file that is not valid json with an ``images`` list.
+        DatasetFileError: the first file that is not valid json with an ``images`` list,
+            or (a ``coco`` dataset with registered ``thing_classes``, e.g. detectron2's
+            builtin ``coco_2017_val``) whose categories are others.
     """
     problem = _first_problem(names)
     if problem:

@@ -129,7 +129,10 @@ def _project_hint(config_file: str, given=()) -> str:
             get_sn_cfg(tuple(given) + (adder,)).merge_from_file(config_file)
         except Exception:  # not this project's config (or the project cannot load here)
             continue
-        return f" (it is a config of the {project} project: pass --project {project})"
+        return (
+            f" (it is a config of the {project} project, whose keys train_net, eval_continuous "
+            f"and visualize_sn read with --project {project})"
+        )
     return ""
 
 
@@ -157,8 +160,16 @@ def load_cfg(config_file: str, opts=(), config_adders=()) -> CfgNode:
     except yaml.YAMLError as e:  # its message spans lines: where, and what was expected
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        # The mark names the file that failed: the config itself or one of its _BASE_s.
+        name = getattr(where, "name", None) or config_file
+        name = config_file if name.startswith("<") else name
         what = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"{config_file} is not valid YAML{at}: {what}") from None
+        raise ConfigError(f"{name} is not valid YAML{at}: {what}") from None
+    except (TypeError, AttributeError):  # yacs on an empty file, a list or a scalar
+        raise ConfigError(
+            f"{config_file} (or a _BASE_ of it) is not a detectron2 config: a yaml file of "
+            "keys and values (MODEL: ..., SOLVER: ...) is expected"
+        ) from None
     except (KeyError, ValueError) as e:  # yacs: "Non-existent config key: MODEL.FOO", types
         message = str(e.args[0] if e.args else e)
         if message.startswith("Non-existent config key"):

@@ -134,9 +134,12 @@ def invoke_main(
     try:
         cfg = setup_cfg(args, default=False, config_adders=config_adders)
         check = getattr(trainer_cls, "check_evaluators", None)  # sn_det's Trainer and subclasses
-        if check is not None:
-            check(cfg)
-    except (ConfigError, ValueError) as e:
+        try:
+            if check is not None:
+                check(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print("Command Line Args:", args)
