@@ -169,7 +169,8 @@ def test_a_sparse_sn_checkpoint_through_the_project_option(tmp_path):
     proc = run("--ckpt", ckpt, "--config-file", str(dumped), "--out", str(tmp_path / "vis"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Non-existent config key: MODEL.SSN" in proc.stderr.strip().splitlines()[-1]
-    assert "(it is a config of the SparseSN project: pass --project SparseSN)" in proc.stderr
+    assert "config of the SparseSN project, whose keys" in proc.stderr
+    assert "read with --project SparseSN)" in proc.stderr
 
     for args in (
         ["--config-file", config],
