@@ -316,3 +316,30 @@ def test_bad_input_is_one_sentence(tmp_path, args, env, words):
     assert last.startswith("error: ") and "Traceback" not in proc.stderr
     for w in words:
         assert w in last
+
+
+def test_test_sets_without_a_known_evaluator_are_refused_up_front():
+    """SNSegTrainer evaluates semantic segmentation itself and hands other test sets to
+    sn_det's Trainer, whose check then applies to them (before training, not after)."""
+    from sn_det.engine import Trainer
+
+    for name, evaluator_type in [("seg_check_sem", "sem_seg"), ("seg_check_none", None)]:
+        if name not in DatasetCatalog.list():
+            DatasetCatalog.register(name, lambda: [])
+            if evaluator_type:
+                MetadataCatalog.get(name).evaluator_type = evaluator_type
+    cfg = get_sn_cfg()
+    cfg.DATASETS.TEST = ("seg_check_sem",)
+    SNSegTrainer.check_evaluators(cfg)
+    Trainer.check_evaluators(cfg)
+    cfg.DATASETS.TEST = ("seg_check_sem", "seg_check_none")
+    for trainer in (SNSegTrainer, Trainer):
+        with pytest.raises(ValueError, match="'seg_check_none' has evaluator_type None"):
+            trainer.check_evaluators(cfg)
+
+    class OwnEvaluators(Trainer):  # a subclass that builds its own evaluators decides alone
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            raise NotImplementedError
+
+    OwnEvaluators.check_evaluators(cfg)

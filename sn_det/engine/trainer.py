@@ -200,7 +200,9 @@ class Trainer(DefaultTrainer):
     def check_evaluators(cls, cfg) -> None:
         """Refuse, before any training, a test set that :meth:`build_evaluator` would refuse
         only at the first evaluation (after the whole run). A subclass that overrides
-        build_evaluator decides for itself: nothing is checked for it.
+        build_evaluator decides for itself: nothing is checked for it unless it overrides
+        this too (as SNSegTrainer does); one that evaluates without build_evaluator (its own
+        ``test`` or hooks) should override this as well.
 
         Raises:
             ValueError: a DATASETS.TEST entry without a known ``evaluator_type``.

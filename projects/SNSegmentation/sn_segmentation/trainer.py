@@ -9,7 +9,7 @@ from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_trai
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 
 from sn_det.engine import Trainer
-from sn_det.engine.evaluation import sem_seg_evaluator
+from sn_det.engine.evaluation import check_evaluator_type, sem_seg_evaluator
 
 from .tta import SemanticSegmentorWithTTA
 
@@ -60,6 +60,14 @@ class SNSegTrainer(Trainer):
                 output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
             return sem_seg_evaluator(dataset_name, output_folder)
         return super().build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def check_evaluators(cls, cfg) -> None:
+        """As sn_det's Trainer: the test sets that :meth:`build_evaluator` hands to it (all
+        but the semantic-segmentation ones) must have an evaluator it knows."""
+        for name in cfg.DATASETS.TEST:
+            if MetadataCatalog.get(name).get("evaluator_type") not in SEM_SEG_EVALUATOR_TYPES:
+                check_evaluator_type(name)
 
     @classmethod
     def build_train_loader(cls, cfg):
