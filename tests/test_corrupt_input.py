@@ -67,18 +67,6 @@ def test_bad_weights_file_is_one_sentence(tmp_path, name, make, expected):
             "SOLVER.IMS_PER_BATCH 2 does not divide evenly over 3 processes",
         ),
         ([], ["MODEL.SN.MOMENTUM", "1.5"], "MODEL.SN.MOMENTUM = 1.5 is not in [0, 1]"),
-        ([], ["MODEL.MIN_LOADED_FRACTION", "2.0"], "is not a fraction in [0, 1]"),
-        ([], ["MODEL.SN.EPS", "0.0"], "MODEL.SN.EPS = 0.0 must be > 0"),
-        (
-            ["--eval-only"],
-            ["TEST.SN_BATCH_AVG.ENABLED", "True", "TEST.SN_BATCH_AVG.NUM_ITER", "0"],
-            "batch averaging needs at least one batch",
-        ),
-        (  # evaluation reads the training sets' metadata (keypoint flip maps), not files
-            ["--eval-only"],
-            ["DATASETS.TRAIN", "('sn_synth_trian',)"],
-            "DATASETS.TRAIN names 'sn_synth_trian', which is not a registered dataset",
-        ),
     ],
 )
 def test_config_refused_with_the_fix(flags, opts, expected):
@@ -86,25 +74,67 @@ def test_config_refused_with_the_fix(flags, opts, expected):
     one_sentence_exit_2(code, log, expected)
 
 
+def _setup(opts=(), config_file=INSTANT, eval_only=False):
+    """setup_cfg in this process, with tools/train_net.py's arguments (what the tool
+    prints for a ConfigError is tested above, through the tool)."""
+    from argparse import Namespace
+
+    from sn_det.engine import setup_cfg
+
+    args = Namespace(
+        config_file=str(config_file), opts=list(opts), num_gpus=1, num_machines=1,
+        eval_only=eval_only, resume=False,
+    )  # fmt: skip
+    return setup_cfg(args, default=False)
+
+
+@pytest.mark.parametrize(
+    "eval_only,opts,expected",
+    [
+        (False, ["MODEL.MIN_LOADED_FRACTION", "2.0"], "is not a fraction in [0, 1]"),
+        (False, ["MODEL.SN.EPS", "0.0"], "MODEL.SN.EPS = 0.0 must be > 0"),
+        (
+            True,
+            ["TEST.SN_BATCH_AVG.ENABLED", "True", "TEST.SN_BATCH_AVG.NUM_ITER", "0"],
+            "batch averaging needs at least one batch",
+        ),
+        (  # evaluation reads the training sets' metadata (keypoint flip maps), not files
+            True,
+            ["DATASETS.TRAIN", "('sn_synth_trian',)"],
+            "DATASETS.TRAIN names 'sn_synth_trian', which is not a registered dataset",
+        ),
+    ],
+)
+def test_config_values_refused_at_setup(eval_only, opts, expected):
+    from sn_det.engine import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _setup(opts, eval_only=eval_only)
+    assert expected in str(e.value)
+
+
 def test_config_files_that_are_not_yacs_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("_BASE_: x.yaml\nMODEL:\n  SN: [\n")
     code, log = train_net("--config-file", str(bad), timeout=120)
     one_sentence_exit_2(code, log, f"{bad} is not valid YAML at line 4, column 1")
+
+    from sn_det.engine import ConfigError
+
     # A syntax error in a _BASE_ names the base; an empty file or a list is not a config.
     child = tmp_path / "child.yaml"
     child.write_text(f"_BASE_: {bad}\n")
-    code, log = train_net("--config-file", str(child), timeout=120)
-    one_sentence_exit_2(code, log, f"{bad} is not valid YAML at line 4, column 1")
+    with pytest.raises(ConfigError, match=f"^{bad} is not valid YAML at line 4, column 1"):
+        _setup(config_file=child)
     for text in ("", "- MODEL\n"):
         child.write_text(text)
-        code, log = train_net("--config-file", str(child), timeout=120)
-        one_sentence_exit_2(code, log, f"{child} (or a _BASE_ of it) is not a detectron2 config")
+        with pytest.raises(ConfigError, match=r"\(or a _BASE_ of it\) is not a detectron2 con"):
+            _setup(config_file=child)
     lazy = os.path.join(
         os.path.dirname(INSTANT), "..", "lazy", "mask_rcnn_R_18_FPN_sn_synthetic.py"
     )
-    code, log = train_net("--config-file", lazy, timeout=120)
-    one_sentence_exit_2(code, log, "is a Python (LazyConfig) config", "lazyconfig_train_net.py")
+    with pytest.raises(ConfigError, match=r"Python \(LazyConfig\) config.*lazyconfig_train_net"):
+        _setup(config_file=lazy)
 
 
 def test_batch_average_mode_with_the_pass_is_accepted():

@@ -66,6 +66,17 @@ def test_unknown_names_under_any_norm_key_are_refused_and_known_ones_kept():
         resolve_lazy_norms(cfg)
 
 
+def test_lazy_training_sets_are_checked_before_any_worker(tmp_path, monkeypatch):
+    from sn_det.tools.lazyconfig_train_net import LazyConfigError, check_datasets, load_lazy_config
+
+    config = os.path.join(REPO, "configs", "lazy", "mask_rcnn_R_50_FPN_2x_sn.py")
+    cfg = load_lazy_config(config, ["train.init_checkpoint="])
+    monkeypatch.setitem(cfg.dataloader.test.dataset, "names", "sn_synth_val")
+    with pytest.raises(LazyConfigError, match="^dataloader.train names 'coco_2017_train', whose"):
+        check_datasets(cfg, eval_only=False)
+    check_datasets(cfg, eval_only=True)  # the test set alone is read
+
+
 def test_lazyconfig_train_net_trains_and_evaluates(tmp_path):
     out = str(tmp_path / "run")
     proc = run_tool(
@@ -173,12 +184,6 @@ def test_lazyconfig_train_net_bad_train_settings_are_one_sentence(tmp_path, over
     "config,overrides,flags,message",
     [
         (TINY, ["model.backbone.norm=SNN"], [], "model.backbone.norm = 'SNN' is not a known"),
-        (
-            "lazy/mask_rcnn_R_50_FPN_2x_sn.py",
-            ["train.init_checkpoint="],
-            [],
-            "dataloader.train names 'coco_2017_train', whose json_file",
-        ),
         (  # evaluation reads the test set alone
             "lazy/mask_rcnn_R_50_FPN_2x_sn.py",
             ["train.init_checkpoint="],

@@ -462,7 +462,8 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def main():
+def main(argv=None):
+    """Run the benchmark; ``argv``: the arguments (default: the command line's)."""
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N)")
     parser.add_argument("--threads", type=_positive, default=2, help="torch threads on CPU")
@@ -511,7 +512,7 @@ def main():
         "(e.g. MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 64)",
     )
     parser.add_argument("--out", default="benchmarks/latest.md", help="markdown file to write")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         device = torch.device(args.device)
     except RuntimeError:
