@@ -77,6 +77,8 @@ def test_layers_compiled_sn_and_the_r50_step_on_toy_sizes(tmp_path):
         (["--rounds", "0"], "not a positive whole number"),
         (["--model", "r50fpn", "--r50-opts", "MODEL.NO_SUCH_KEY", "1"], "do not apply"),
         (["--model", "r50fpn", "--r50-opts", "MODEL.RESNETS.DEPTH"], "KEY VALUE pairs"),
+        (["--model", "r50fpn", "--r50-opts", "MODEL.RESNETS.DEPTH", "7"], "do not apply"),
+        (["--warmup", "-1"], "'-1' is not a non-negative whole number"),
     ],
 )
 def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys, args, expected):

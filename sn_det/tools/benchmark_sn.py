@@ -445,14 +445,22 @@ def _shape(text: str):
     return shape
 
 
-def _positive(text: str) -> int:
+def _whole(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {what} whole number")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1, "positive")
+
+
+def _non_negative(text: str) -> int:
+    return _whole(text, 0, "non-negative")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -501,7 +509,10 @@ def main(argv=None):
         help="image size of the R50-FPN step (2 images)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=3, help="untimed R50-FPN steps per model before timing"
+        "--warmup",
+        type=_non_negative,
+        default=3,
+        help="untimed R50-FPN steps per model before timing",
     )
     parser.add_argument(
         "--r50-opts",
@@ -527,8 +538,11 @@ def main(argv=None):
         parser.error(f"--out {args.out!r} is a folder; name the markdown file to write")
     model = args.model or ("r50fpn" if device.type == "cuda" else "demo")
     if model == "r50fpn" and not args.skip_model:
+        from sn_det.modeling import build_model
+
         try:  # before minutes of layer timings: a bad override stops here, in one sentence
-            r50_fpn_cfg("SN", device, args.r50_opts)
+            # (built on the CPU: a value that only fails in a builder, e.g. a ResNet depth)
+            build_model(r50_fpn_cfg("SN", torch.device("cpu"), args.r50_opts))
         except (KeyError, ValueError, TypeError, AssertionError) as e:
             parser.error(f"--r50-opts {' '.join(args.r50_opts)!r} do not apply: {e}")
     torch.set_num_threads(args.threads)
@@ -549,7 +563,7 @@ def main(argv=None):
         size = tuple(args.image_size)
         for amp in (False, True) if device.type == "cuda" else (False,):
             results = bench_r50_fpn(
-                args.model_rounds, device, amp, size, max(args.warmup, 0), args.r50_opts
+                args.model_rounds, device, amp, size, args.warmup, args.r50_opts
             )
             r50.append((results, "AMP (float16 autocast)" if amp else "float32", size))
     table = render(
