@@ -133,10 +133,8 @@ def invoke_main(
     # Config errors are reported before any worker starts, as one sentence and exit 2.
     try:
         cfg = setup_cfg(args, default=False, config_adders=config_adders)
-        check = getattr(trainer_cls, "check_evaluators", None)  # sn_det's Trainer and subclasses
         try:
-            if check is not None:
-                check(cfg)
+            trainer_cls.check_evaluators(cfg)  # a test set no evaluator serves, before training
         except ValueError as e:
             raise ConfigError(str(e)) from None
     except ConfigError as e:
