@@ -308,6 +308,11 @@ def _sync_worker(rank, world_size):
             grads=[p.grad.clone() for p in layer.parameters()],
             buffers={k: v.clone() for k, v in layer.state_dict().items() if "running" in k},
         )
+    # A training step of a rank with samples reads nothing back to the host: on GPUs a read
+    # per layer would stall every rank's CPU until its GPU caught up.
+    layer = make_layer(SYNC_SHAPE[0], cls=SyncSwitchNorm2d).float()
+    x = _sync_batch(3)[0][rank : rank + 1 + rank].float().requires_grad_(True)
+    out["host syncs"] = dispatched_ops(lambda: layer(x).sum().backward()) & HOST_SYNC_OPS
     return out
 
 
@@ -336,6 +341,7 @@ def test_sync_switch_norm_on_triton_matches_the_whole_batch_reference():
             expected = 0.9 * layer.running_var.double() + 0.1 * var_bn.detach()
             for rank in range(2):
                 assert _rel(results[rank][name]["buffers"]["running_var"], expected) <= 2e-5
+    assert results[0]["host syncs"] == set() and results[1]["host syncs"] == set()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

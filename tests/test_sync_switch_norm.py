@@ -41,8 +41,23 @@ def _batch(n, step):
     return x, dy.double()
 
 
+PATHS = ["kernels", "torch ops"]  # sn_det's CPU kernels, and the torch ops CUDA falls back to
+
+
 def _run_cases(rank, world_size):
-    """Each case on this rank's slice; returns what the parent compares."""
+    """Each case on this rank's slice, on both paths; returns what the parent compares."""
+    from sn_det.layers import sn_kernels
+
+    out = {}
+    for path in PATHS:
+        if path == "torch ops":
+            # The count stays a tensor there (no host read on a GPU): its arithmetic differs.
+            sn_kernels._C = None
+        out[path] = _run_path(rank)
+    return out
+
+
+def _run_path(rank):
     out = {}
     for name, counts, using_bn, moving, no_grad in CASES:
         layer = make_layer(C, using_bn=using_bn, moving=moving, cls=SyncSwitchNorm2d)
@@ -79,9 +94,11 @@ def two_rank_results():
     return run_distributed(_run_cases, 2, timeout=180)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_two_ranks_equal_the_reference_on_the_whole_batch(two_rank_results, case):
+def test_two_ranks_equal_the_reference_on_the_whole_batch(two_rank_results, case, path):
     name, counts, using_bn, moving, no_grad = case
+    two_rank_results = [r[path] for r in two_rank_results]
     layer = make_layer(C, using_bn=using_bn, moving=moving)
     params = reference_params(layer)
     running = [layer.running_mean.clone(), layer.running_var.clone()] if using_bn else None

@@ -233,9 +233,11 @@ def mix_backward(s: Mixed, g_c: Tensor, g_shift: Tensor):
 
 
 def bn_backward(
-    s: Mixed, d_mean_in: Tensor, d_var_in: Tensor, d_mean_bn: Tensor, d_var_bn: Tensor, count: float
+    s: Mixed, d_mean_in: Tensor, d_var_in: Tensor, d_mean_bn: Tensor, d_var_bn: Tensor, count
 ) -> Tuple[Tensor, Tensor]:
     """Add the gradient through batch BN moments to the instance-moment gradients.
+
+    ``count`` is a number or a 0-d tensor (a synchronized layer's, left on the GPU).
 
     mean_bn = sum_n m / count and var_bn = sum_n (v + (m - mean_bn)^2) / count, where the sums
     may run over several ranks (then d_mean_bn/d_var_bn must already be summed over ranks).
@@ -250,7 +252,7 @@ def dx_coefficients(
     d_mean_in: Tensor,
     d_var_in: Tensor,
     bn_grads: Optional[Tuple[Tensor, Tensor]],
-    count: Optional[float],
+    count,
     length: int,
 ) -> Tuple[Tensor, Tensor]:
     """(a, b), (N, C) each, of dx = dy * scale + (x - m) * a + b.
@@ -272,7 +274,7 @@ def dx_coefficients(
                 empty if bn_grads is None else s.mean_bn.contiguous(),
                 d_mean_bn.contiguous(),
                 d_var_bn.contiguous(),
-                float(count or 0),
+                0.0 if count is None else float(count),  # a CPU tensor's read is free
                 length,
             )
         )

@@ -886,6 +886,11 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         if bn_batch:  # identity, or the sum over ranks for a synchronized layer
             d_mean_bn, d_var_bn = layer._reduce_bn_grads(d_mean_bn.view(1, c), d_var_bn.view(1, c))
             d_mean_bn, d_var_bn = d_mean_bn.reshape(c), d_var_bn.reshape(c)
+            if torch.is_tensor(count):  # a synchronized layer's count, left on the GPU
+                # The kernel takes the count as a scalar argument; reading this one would stall
+                # the host, so the division happens here (two (C,) ops) and the kernel gets 1.
+                d_mean_bn, d_var_bn = d_mean_bn / count, d_var_bn / count
+                count = 1
 
         a, b = torch.empty((n, c), **f32), torch.empty((n, c), **f32)
         d_mw, d_vw = torch.empty_like(mean_weight), torch.empty_like(var_weight)
@@ -893,7 +898,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         _backward_rows_kernel[(triton.cdiv(n, row_n),)](
             g_shift, g_c, mean_in, ln_mean, mu, scale, rstd, weight, mean_weight, var_weight,
             bn_m, d_mean_bn, d_var_bn, logit_parts, a, b, d_mw, d_vw,
-            n, c, length, n_splits, float(count or 1),
+            n, c, length, n_splits, float(count) if bn_batch else 1.0,
             K=k, PROBS=layer.switch_probabilities, BN_BATCH=bn_batch, BLOCK_N=row_n, BLOCK_C=row_c,
         )  # fmt: skip
 

@@ -243,6 +243,8 @@ class SwitchNorm2d(nn.Module):
         Returns:
             (mean_bn, var_bn), each (1, C), and the number of samples they average over, or
             (None, 0) when there is no sample at all (possible only when synchronized).
+            The number is an int, or a 0-d float tensor on the moments' device where reading
+            it would synchronize with the GPU (a synchronized layer's training forward).
             Identity here; a synchronized layer pools over ranks.
         """
         return (local, count) if count > 0 else (None, 0)
@@ -253,14 +255,15 @@ class SwitchNorm2d(nn.Module):
 
         Returns:
             the :class:`Mixed` result, and the number of samples behind the batch BN moments
-            (None when the BN term is absent or comes from the running statistics).
+            (None when the BN term is absent or comes from the running statistics; an int or
+            a 0-d tensor, see :meth:`_pool_batch_moments`).
         """
         bn_moments, count = None, None
         if self.using_bn:
             if use_batch:
                 bn_moments, count = self._batch_moments(mean_in, var_in)
-                if count == 0:  # no sample anywhere: nothing to take statistics of
-                    bn_moments, count = None, None
+                if bn_moments is None:  # no sample anywhere: nothing to take statistics of
+                    count = None
             if bn_moments is None:
                 dtype = mean_in.dtype
                 bn_moments = (
@@ -411,7 +414,8 @@ class SwitchNorm2d(nn.Module):
             )
         if x.shape[1] != self.num_features:
             raise ValueError(
-                f"{type(self).__name__}({self.num_features}) got an input with {x.shape[1]} channels"
+                f"{type(self).__name__}({self.num_features}) got an input with "
+                f"{x.shape[1]} channels"
             )
 
     @torch.jit.unused

@@ -14,9 +14,12 @@ Everything else is SwitchNorm2d's: the same passes, parameters, buffers and chec
 
 Why there is no hang when a rank holds no samples: whether a forward takes part in the
 collective depends only on state shared by all ranks (training, frozen, using_bn), never on
-the local batch size; a rank with N == 0 contributes zero sums and a zero count. Whether the
-batch had any sample at all is read from the all-reduced count, so every rank reaches the
-same decision and the backward all-reduce happens on all ranks or on none.
+the local batch size; a rank with N == 0 contributes zero sums and a zero count. A training
+forward never reads the pooled count on the host (that would stall the CPU at every layer
+until the GPU caught up, and forbid CUDA-graph capture): with no sample on any rank the BN
+term selects the running statistics on the device, and every rank runs the backward
+all-reduce. Only batch-average calibration reads the count, to skip such a batch, and every
+rank reads the same gathered value, so all of them skip the backward all-reduce together.
 """
 
 from typing import Optional, Tuple
@@ -103,13 +106,34 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         dist.all_gather(gathered, packed, group=group)
         stacked = torch.stack(gathered)  # (world, 2C + 1)
         counts, means, m2 = stacked[:, :1], stacked[:, 1 : c + 1], stacked[:, c + 1 :]
-        total = int(round(counts.sum().item()))  # integers are exact in float32 below 2^24
-        if total == 0:
-            return None, 0
+        if not self.using_moving_average:
+            # Batch-average calibration adds every batch to the sums, so a batch without
+            # samples anywhere must be skipped: decided on the host (a calibration pass, not
+            # the training loop). Integers are exact in float32 below 2^24.
+            total = int(round(counts.sum().item()))
+            if total == 0:
+                return None, 0
+            return self._pooled(counts, means, m2, total), total
+        # Training: no host read of the count. Reading it would stall the CPU at every layer
+        # until the GPU caught up (and forbid CUDA-graph capture). With no sample on any rank
+        # the moments are the running statistics, which the moving average then leaves
+        # exactly as they were (lerp(r, r, w) == r); the count is clamped to 1 so that the
+        # backward's division stays finite (it scales gradients of no sample).
+        samples = counts.sum()
+        total = samples.clamp(min=1.0)
+        mean_bn, var_bn = self._pooled(counts, means, m2, total)
+        empty = samples < 0.5
+        mean_bn = torch.where(empty, self.running_mean.to(dtype).view(1, c), mean_bn)
+        var_bn = torch.where(empty, self.running_var.to(dtype).view(1, c), var_bn)
+        return (mean_bn, var_bn), total.reshape(())
+
+    @staticmethod
+    def _pooled(counts: Tensor, means: Tensor, m2: Tensor, total) -> Tuple[Tensor, Tensor]:
+        """Pooled (mean_bn, var_bn), (1, C) each, from every rank's row of ``counts`` (R, 1),
+        ``means`` (R, C) and ``m2`` (R, C) = count * var: parallel variances (Chan et al.)."""
         mean_bn = (counts * means).sum(0, keepdim=True) / total
         spread = (counts * (means - mean_bn) ** 2).sum(0, keepdim=True)
-        var_bn = (m2.sum(0, keepdim=True) + spread) / total
-        return (mean_bn, var_bn), total
+        return mean_bn, (m2.sum(0, keepdim=True) + spread) / total
 
     def _reduce_bn_grads(self, d_mean_bn: Tensor, d_var_bn: Tensor) -> Tuple[Tensor, Tensor]:
         group = self._sync_group()
