@@ -1,5 +1,7 @@
 """Published ImageNet SN checkpoints: conversion, direct loading, exact equivalence, refusals."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -81,14 +83,23 @@ def build(arch, using_bn, *opts):
     return build_model(cfg).eval()
 
 
-def convert(src, dst):
-    proc = subprocess.run(
-        [sys.executable, CONVERT, "--ckpt", src, "--dst", dst],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
+def convert(src, dst, *options):
+    """The converter's ``main`` in this process (a tool start costs ~8 s on these CPUs; the
+    command itself runs in test_use_fpn_flag_is_accepted_as_a_no_op and test_scripts.py).
+
+    Returns:
+        (exit code, stdout + stderr). An exception escaping ``main`` fails the test, as a
+        traceback from the command would.
+    """
+    from sn_det.tools.convert_sn_to_d2 import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["--ckpt", src, "--dst", dst, *options])
+        except SystemExit as e:  # argparse's refusals
+            code = e.code
+    return code, out.getvalue() + err.getvalue()
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["with_bn", "8x1"])
@@ -226,18 +237,11 @@ def test_detectron_pytorch_backbone_converts_like_the_imagenet_file(published, t
     det = str(tmp_path / "det.pth")
     torch.save(detectron_pytorch_layout(torch.load(src, weights_only=True), use_fpn), det)
     out = str(tmp_path / "det_converted.pth")
-    proc = subprocess.run(
-        [sys.executable, CONVERT, "--ckpt", det, "--dst", out] + (["--use-FPN"] if use_fpn else []),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, log = convert(det, out, *(["--use-FPN"] if use_fpn else []))
+    assert code == 0, log
     prefix = "Conv_Body.conv_body." if use_fpn else "Conv_Body."
-    assert f"{prefix}res2.0.downsample.1.mean_weight -> res2.0.shortcut.norm.mean_weight" in (
-        proc.stdout
-    )
-    assert f"{prefix}classifier.weight -> (dropped: ImageNet classifier)" in proc.stdout
+    assert f"{prefix}res2.0.downsample.1.mean_weight -> res2.0.shortcut.norm.mean_weight" in log
+    assert f"{prefix}classifier.weight -> (dropped: ImageNet classifier)" in log
     got = torch.load(out, weights_only=True)
     want = torch.load(dst, weights_only=True)
     assert got["sn_meta"] == want["sn_meta"] == {"depth": 50, "using_bn": using_bn}
