@@ -1,8 +1,9 @@
 """projects/NormStudy: the batch-size study as one resumable command.
 
 The end-to-end test runs a tiny study (2 norms x 2 images-per-process settings, a few
-iterations on 64-pixel images) through the real command, then resumes it twice: once
-finished (nothing reruns) and once with a run made unfinished (only that one reruns)."""
+iterations on 64-pixel images) through the real command, then resumes it twice (its main()
+in the test's process): once finished (nothing reruns) and once with a run made unfinished
+(only that one reruns)."""
 
 import csv
 import json
@@ -153,7 +154,7 @@ def test_concurrent_runs_share_the_cores_and_syncsn_runs_alone(tmp_path, monkeyp
     assert set(threads_seen.values()) == {1}  # 2 cores: one thread per training process
 
 
-def test_tiny_study_end_to_end_and_resume(tmp_path):
+def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     out = str(tmp_path / "study")
     args = ["--size", "tiny", "--norms", "BN,SN", "--ims-per-process", "1,2", "--output", out]
     proc = _study(*args)
@@ -199,11 +200,14 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
         with open(os.path.join(out, picture), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
-    # Resumed when finished: nothing reruns, nothing is rewritten.
+    # Resumed when finished: nothing reruns, nothing is rewritten. The resumes call the
+    # command's main() in this process (a command start costs ~8 s on these CPUs); their
+    # training runs are still the real subprocesses.
     stamps = {n: os.stat(os.path.join(out, "runs", n, "result.json")).st_mtime_ns for n in names}
-    proc = _study(*args)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "4 runs (4 already finished)" in proc.stdout and "[run " not in proc.stdout
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "4 runs (4 already finished)" in stdout and "[run " not in stdout
     assert stamps == {
         n: os.stat(os.path.join(out, "runs", n, "result.json")).st_mtime_ns for n in names
     }
@@ -213,10 +217,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     os.remove(os.path.join(unfinished, "result.json"))
     with open(os.path.join(unfinished, "last_checkpoint"), "w") as f:
         f.write("model_half_done.pth")  # would make a resumed trainer look for this
-    proc = _study(*args)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "4 runs (3 already finished)" in proc.stdout
-    assert "[run 1/1] BN_ipp2_seed0" in proc.stdout and "[run 2/" not in proc.stdout
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    assert code == 0, (captured.out + captured.err)[-4000:]
+    assert "4 runs (3 already finished)" in captured.out
+    assert "[run 1/1] BN_ipp2_seed0" in captured.out and "[run 2/" not in captured.out
     assert os.path.isfile(os.path.join(unfinished, "result.json"))
     with open(os.path.join(unfinished, "last_checkpoint")) as f:
         assert f.read() != "model_half_done.pth"
