@@ -1,7 +1,9 @@
 """tools/visualize_sn.py: chart, CSV and markdown of a trained checkpoint's importance ratios,
 checked against a softmax of the checkpoint's switch logits computed here."""
 
+import contextlib
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -16,9 +18,29 @@ OUTPUTS = {"sn_importance.png", "sn_importance.csv", "sn_importance.md"}
 
 
 def run(*args):
+    """The command, as a user runs it."""
     return subprocess.run(
         [sys.executable, TOOL, *args], capture_output=True, text=True, timeout=180, cwd=REPO
     )
+
+
+def run_main(*args):
+    """The command's main() in this process (a command start costs ~8 s on these CPUs; the
+    first test runs the command itself). An exception escaping main() fails the test, as a
+    traceback from the command would.
+
+    Returns:
+        a CompletedProcess with the exit code and what main() printed.
+    """
+    from sn_det.tools.visualize_sn import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's refusals
+            code = e.code
+    return subprocess.CompletedProcess([TOOL, *args], code, out.getvalue(), err.getvalue())
 
 
 def test_chart_and_tables_of_a_trained_checkpoint(instant_run, tmp_path):
@@ -89,7 +111,7 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(instant_run, tmp_pa
     ]
     for args, message in cases:
         out = tmp_path / "vis"
-        proc = run(*args, "--out", str(out))
+        proc = run_main(*args, "--out", str(out))
         assert proc.returncode == 2, proc.stdout + proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
@@ -104,7 +126,7 @@ def test_a_published_imagenet_model_shows_its_resnet(tmp_path):
     torch.save(published, ckpt)
     out = str(tmp_path / "vis")
     recipe = os.path.join(REPO, "configs", "sn_baselines", "faster_rcnn_R_50_FPN_2x_sn.yaml")
-    proc = run("--ckpt", ckpt, "--config-file", recipe, "--out", out)
+    proc = run_main("--ckpt", ckpt, "--config-file", recipe, "--out", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(os.path.join(out, "sn_importance.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -180,7 +202,7 @@ def test_a_sparse_sn_checkpoint_through_the_project_option(tmp_path):
         ["--project", "SparseSN", "--config-file", str(dumped)],
     ):
         out = str(tmp_path / "vis")
-        proc = run("--ckpt", ckpt, *args, "--out", out)
+        proc = run_main("--ckpt", ckpt, *args, "--out", out)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         with open(os.path.join(out, "sn_importance.csv")) as f:
             rows = {r["layer"]: r for r in csv.DictReader(f)}
@@ -193,7 +215,7 @@ def test_a_sparse_sn_checkpoint_through_the_project_option(tmp_path):
         for f in os.listdir(out):
             os.remove(os.path.join(out, f))
 
-    proc = run("--ckpt", ckpt, "--config-file", str(dumped), "--out", str(tmp_path / "no"))
+    proc = run_main("--ckpt", ckpt, "--config-file", str(dumped), "--out", str(tmp_path / "no"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "Non-existent config key: MODEL.SSN" in proc.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "no")
