@@ -35,15 +35,15 @@ def _torchvision_resnet18(path):
     torch.save(torchvision.models.resnet18().state_dict(), path)
 
 
-@pytest.mark.parametrize(
-    "name,make,expected",
-    [
-        ("text.pkl", _text_pkl, "is not a readable checkpoint"),
-        ("strings.pkl", _non_array_pkl, "'backbone.stem.conv1.weight' is a str, not a weight"),
-        ("resnet18.pth", _torchvision_resnet18, "fills only 0.0% of the model weights"),
-    ],
-)
-def test_bad_weights_file_is_one_sentence(tmp_path, name, make, expected):
+BAD_WEIGHTS = [
+    ("text.pkl", _text_pkl, "is not a readable checkpoint"),
+    ("strings.pkl", _non_array_pkl, "'backbone.stem.conv1.weight' is a str, not a weight"),
+    ("resnet18.pth", _torchvision_resnet18, "fills only 0.0% of the model weights"),
+]
+
+
+def test_bad_weights_file_is_one_sentence(tmp_path):
+    name, make, expected = BAD_WEIGHTS[-1]
     path = str(tmp_path / name)
     make(path)
     code, log = train_net(
@@ -52,6 +52,24 @@ def test_bad_weights_file_is_one_sentence(tmp_path, name, make, expected):
     one_sentence_exit_2(code, log, path, expected)
     # ~77 lines of "Skip loading" / missing-key warnings are not printed before refusing.
     assert "Some model parameters or buffers are not found" not in log
+
+
+@pytest.mark.parametrize("name,make,expected", BAD_WEIGHTS, ids=[w[0] for w in BAD_WEIGHTS])
+def test_bad_weights_are_refused_by_the_trainers_checkpointer(tmp_path, name, make, expected):
+    # What train_net loads MODEL.WEIGHTS with, in this process (the command's one-sentence
+    # exit for this error is checked above; a command start costs ~8 s on these CPUs).
+    from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
+    from sn_det.engine import Trainer
+
+    path = str(tmp_path / name)
+    make(path)
+    cfg = _setup(["MODEL.WEIGHTS", path])
+    checkpointer = SNDetectionCheckpointer(
+        Trainer.build_model(cfg), str(tmp_path), min_loaded_fraction=cfg.MODEL.MIN_LOADED_FRACTION
+    )
+    with pytest.raises(CheckpointConversionError) as e:
+        checkpointer.resume_or_load(path, resume=False)
+    assert path in str(e.value) and expected in str(e.value)
 
 
 # --- config checks (at setup, before any worker starts) ------------------------------------
