@@ -93,13 +93,20 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys, args, ex
     assert not out.exists() and os.listdir(tmp_path) == []
 
 
-def test_the_tool_refuses_in_one_sentence_and_cuda_without_a_gpu_says_so(tmp_path):
-    import torch
-
+def test_the_tool_refuses_in_one_sentence(tmp_path):
     proc = run_tool(BENCH, "--shapes", "2x30x6x6", "--out", str(tmp_path / "b.md"))
     one_sentence_exit_2(proc.returncode, proc.stdout + proc.stderr, "multiple of 32")
+
+
+def test_cuda_without_a_gpu_says_so(tmp_path):
+    import torch
+
+    from sn_det.tools.benchmark_sn import main
+
     if torch.cuda.is_available():
-        return
-    proc = run_tool(BENCH, "--device", "cuda", "--skip-model")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert re.search(r"error: .*no CUDA GPU", proc.stderr), proc.stderr
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as e:
+        main(["--device", "cuda", "--skip-model", "--out", str(tmp_path / "b.md")])
+    # sys.exit(message): the interpreter prints it to stderr and exits 1.
+    assert re.fullmatch(r"error: .*no CUDA GPU.*", str(e.value.code)), e.value.code
+    assert os.listdir(tmp_path) == []
