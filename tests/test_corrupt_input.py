@@ -75,24 +75,14 @@ def test_bad_weights_are_refused_by_the_trainers_checkpointer(tmp_path, name, ma
 # --- config checks (at setup, before any worker starts) ------------------------------------
 
 
-@pytest.mark.parametrize(
-    "flags,opts,expected",
-    [
-        ([], ["MODEL.SN.USING_MOVING_AVERAGE", "False"], "add TEST.SN_BATCH_AVG.ENABLED True"),
-        (
-            ["--num-gpus", "3"],
-            [],
-            "SOLVER.IMS_PER_BATCH 2 does not divide evenly over 3 processes",
-        ),
-        ([], ["MODEL.SN.MOMENTUM", "1.5"], "MODEL.SN.MOMENTUM = 1.5 is not in [0, 1]"),
-    ],
-)
-def test_config_refused_with_the_fix(flags, opts, expected):
-    code, log = train_net(*flags, "--config-file", INSTANT, *opts, timeout=120)
-    one_sentence_exit_2(code, log, expected)
+def test_config_refused_with_the_fix():
+    code, log = train_net(
+        "--config-file", INSTANT, "MODEL.SN.USING_MOVING_AVERAGE", "False", timeout=120
+    )
+    one_sentence_exit_2(code, log, "add TEST.SN_BATCH_AVG.ENABLED True")
 
 
-def _setup(opts=(), config_file=INSTANT, eval_only=False):
+def _setup(opts=(), config_file=INSTANT, eval_only=False, num_gpus=1):
     """setup_cfg in this process, with tools/train_net.py's arguments (what the tool
     prints for a ConfigError is tested above, through the tool)."""
     from argparse import Namespace
@@ -100,15 +90,24 @@ def _setup(opts=(), config_file=INSTANT, eval_only=False):
     from sn_det.engine import setup_cfg
 
     args = Namespace(
-        config_file=str(config_file), opts=list(opts), num_gpus=1, num_machines=1,
+        config_file=str(config_file), opts=list(opts), num_gpus=num_gpus, num_machines=1,
         eval_only=eval_only, resume=False,
     )  # fmt: skip
     return setup_cfg(args, default=False)
 
 
+def test_a_batch_that_does_not_divide_over_the_processes_is_refused_at_setup():
+    from sn_det.engine import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _setup(num_gpus=3)
+    assert "SOLVER.IMS_PER_BATCH 2 does not divide evenly over 3 processes" in str(e.value)
+
+
 @pytest.mark.parametrize(
     "eval_only,opts,expected",
     [
+        (False, ["MODEL.SN.MOMENTUM", "1.5"], "MODEL.SN.MOMENTUM = 1.5 is not in [0, 1]"),
         (False, ["MODEL.MIN_LOADED_FRACTION", "2.0"], "is not a fraction in [0, 1]"),
         (False, ["MODEL.SN.EPS", "0.0"], "MODEL.SN.EPS = 0.0 must be > 0"),
         (
@@ -354,15 +353,35 @@ def test_truncated_training_json_names_the_file(tmp_path):
     assert "Starting training from iteration" not in log
 
 
-@pytest.mark.parametrize(
-    "content,reason",
-    [
-        (b'{"images": [', "is not valid JSON"),
-        (b'{"images": "\xff"}', "is not UTF-8 text"),
-        (b"[1, 2]", "not COCO annotations (a list without 'images')"),
-    ],
-)
-def test_unreadable_test_set_json_is_refused_before_training(tmp_path, content, reason):
+UNREADABLE_JSON = [
+    (b'{"images": [', "is not valid JSON"),
+    (b'{"images": "\xff"}', "is not UTF-8 text"),
+    (b"[1, 2]", "not COCO annotations (a list without 'images')"),
+]
+
+
+@pytest.mark.parametrize("content,reason", UNREADABLE_JSON, ids=["cut", "latin-1", "list"])
+def test_unreadable_json_is_named_with_the_reason(tmp_path, content, reason):
+    # The check train_net runs at setup, in this process, on a dataset of its own name (the
+    # command's refusal is checked below; a command start costs ~8 s on these CPUs).
+    from detectron2.data.datasets import register_coco_instances
+
+    from sn_det.data.annotation_files import check_annotation_files
+    from sn_det.data.mapper import DatasetFileError
+
+    path = str(tmp_path / "instances.json")
+    with open(path, "wb") as f:
+        f.write(content)
+    name = f"unreadable_{tmp_path.name}"
+    register_coco_instances(name, {}, path, str(tmp_path))
+    with pytest.raises(DatasetFileError) as e:
+        check_annotation_files([name])
+    assert str(e.value).startswith(f"{path}, the json_file of dataset {name!r}, is ")
+    assert reason in str(e.value)
+
+
+def test_unreadable_test_set_json_is_refused_before_training(tmp_path):
+    content, reason = UNREADABLE_JSON[0]
     coco, data = coco_style_dataset(str(tmp_path))
     _write(coco, data)
     os.makedirs(os.path.join(coco, "val2017"))

@@ -154,25 +154,47 @@ def test_eval_only_prints_the_ap_pycocotools_computes(trained, tmp_path):
             assert abs(got - want) < 1e-3, (task, printed[task], expected)
 
 
+def test_bad_config_is_one_sentence_and_exit_2():
+    code, log = train_net("--config-file", INSTANT, "MODEL.RESNETS.NORM", "SNN", timeout=120)
+    assert code == 2, log
+    assert "MODEL.RESNETS.NORM = 'SNN' is not a known norm type" in log
+    assert "Traceback" not in log
+
+
+def _setup(*opts, config_file=INSTANT):
+    """setup_cfg in this process with train_net's arguments: what the command refuses before
+    any worker starts, as the ConfigError whose one-sentence exit the test above shows (a
+    command start costs ~8 s on these CPUs)."""
+    from argparse import Namespace
+
+    from sn_det.engine import setup_cfg
+
+    args = Namespace(
+        config_file=str(config_file), opts=list(opts), num_gpus=1, num_machines=1,
+        eval_only=False, resume=False,
+    )  # fmt: skip
+    return setup_cfg(args, default=False)
+
+
 @pytest.mark.parametrize(
     "opts,message",
     [
-        (["MODEL.RESNETS.NORM", "SNN"], "MODEL.RESNETS.NORM = 'SNN' is not a known norm type"),
         (["MODEL.RESNET.NORM", "SN"], "command-line opts: Non-existent key: MODEL.RESNET.NORM"),
         (["DATASETS.TEST", "('nope',)"], "'nope', which is not a registered dataset"),
         (["MODEL.DEVICE", "cuda"], "no CUDA GPU is available"),
     ],
 )
-def test_bad_config_is_one_sentence_and_exit_2(opts, message):
+def test_bad_config_values_are_refused_at_setup(opts, message):
+    from sn_det.engine import ConfigError
+
     if opts[:2] == ["MODEL.DEVICE", "cuda"]:
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-    code, log = train_net("--config-file", INSTANT, *opts, timeout=120)
-    assert code == 2, log
-    assert message in log
-    assert "Traceback" not in log
+    with pytest.raises(ConfigError) as e:
+        _setup(*opts)
+    assert message in str(e.value)
 
 
 def test_missing_dataset_path_says_where_and_how(tmp_path):
@@ -197,8 +219,10 @@ def test_missing_config_file():
 
 
 def test_key_typo_in_the_config_file_names_file_and_key(tmp_path):
+    from sn_det.engine import ConfigError
+
     bad = tmp_path / "bad.yaml"
     bad.write_text(f'_BASE_: "{INSTANT}"\nMODEL:\n  RESNETS:\n    NORMM: "SN"\n')
-    code, log = train_net("--config-file", str(bad), timeout=120)
-    assert code == 2 and f"{bad}: Non-existent config key: MODEL.RESNETS.NORMM" in log, log
-    assert "Traceback" not in log
+    with pytest.raises(ConfigError) as e:
+        _setup(config_file=bad)
+    assert f"{bad}: Non-existent config key: MODEL.RESNETS.NORMM" in str(e.value)
