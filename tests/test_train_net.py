@@ -119,6 +119,44 @@ def test_two_processes_with_sync_sn_train_once_and_evaluate_on_both(tmp_path):
     losses = [v for v in losses if v is not None]
     assert len(losses) >= 1 and all(math.isfinite(v) for v in losses), losses
     assert "segm" in copypaste_results(log)
+    # Each process took its share of the cores, not all of them (2.5x slower here).
+    import torch
+
+    if torch.get_num_threads() > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        share = max(1, torch.get_num_threads() // 2)
+        assert f"share this machine's {torch.get_num_threads()} CPU threads: {share} each" in (
+            main_log
+        )
+
+
+def test_cpu_threads_are_shared_once_by_the_processes_of_one_machine(monkeypatch):
+    import torch
+    from detectron2.utils import comm
+
+    from sn_det.engine import cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpu_threads, "_shared", None)
+    for name in cpu_threads.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    try:
+        monkeypatch.setattr(comm, "get_local_size", lambda: 1)
+        assert cpu_threads.share_cpu_threads("cpu") is None  # alone: torch's default stays
+        monkeypatch.setattr(comm, "get_local_size", lambda: 4)
+        assert cpu_threads.share_cpu_threads("cuda") is None  # GPU training: not ours to cut
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert cpu_threads.share_cpu_threads("cpu") is None  # the user's choice stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        torch.set_num_threads(8)
+        assert cpu_threads.share_cpu_threads("cpu") == 2 and torch.get_num_threads() == 2
+        # Called again (a second setup in the same process): not divided again.
+        assert cpu_threads.share_cpu_threads("cpu") == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(cpu_threads, "_shared", None)
+        torch.set_num_threads(2)
+        monkeypatch.setattr(comm, "get_local_size", lambda: 3)
+        assert cpu_threads.share_cpu_threads("cpu") == 1  # never below one thread
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_eval_only_prints_the_ap_pycocotools_computes(trained, tmp_path):

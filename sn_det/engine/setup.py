@@ -15,6 +15,7 @@ from ..config import get_sn_cfg
 from ..data import DatasetFileError, prepare_datasets
 from ..modeling import check_norm_config
 from ..projects import CONFIG_ADDERS, config_adders, project_of
+from .cpu_threads import share_cpu_threads
 
 __all__ = [
     "setup_cfg",
@@ -223,6 +224,8 @@ def setup_cfg(args, default=True, config_adders=()):
 def default_sn_setup(cfg: CfgNode, args) -> None:
     """detectron2's ``default_setup`` (output dir, config dump, logging, seed) plus sn_det's
     logger, whose progress messages (batch averaging, checkpoint conversion) then go to the
-    same console and log file."""
+    same console and log file; several processes training on one machine's CPU share its
+    threads (:func:`share_cpu_threads`)."""
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sn_det", abbrev_name="sn")
+    share_cpu_threads(cfg.MODEL.DEVICE)

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, ListConfig
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.data import DatasetFileError, prepare_dataset_names
+from sn_det.engine.cpu_threads import share_cpu_threads
 from sn_det.engine.parent_watch import exit_with_parent
 from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
 from sn_det.lazy import build_lazy_model, resolve_lazy_norms
@@ -195,6 +196,7 @@ def main(args):
     cfg = load_lazy_config(args.config_file, args.opts)
     check_datasets(cfg, args.eval_only)
     default_setup(cfg, args)
+    share_cpu_threads(cfg.train.device)
     if args.eval_only:
         model = build_lazy_model(cfg.model)
         model.to(cfg.train.device)
