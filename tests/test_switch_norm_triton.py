@@ -289,29 +289,32 @@ def _sync_batch(n):
 
 def _sync_worker(rank, world_size):
     """Each case on this rank's slice, through the Triton kernels (a rank without samples
-    takes the torch-ops path: both must meet in the same collectives)."""
+    takes the torch-ops path: both must meet in the same collectives). On a GPU machine both
+    ranks share its GPU (gloo moves CUDA tensors through the host); results come back on
+    the CPU."""
     from sn_det.layers import SyncSwitchNorm2d
 
-    switchable_norm.TRITON_ON_CPU = True
+    switchable_norm.TRITON_ON_CPU = DEVICE == "cpu"
     out = {}
     for name, counts, using_bn in SYNC_CASES:
-        layer = make_layer(SYNC_SHAPE[0], using_bn=using_bn, cls=SyncSwitchNorm2d).float()
+        layer = make_layer(SYNC_SHAPE[0], using_bn=using_bn, cls=SyncSwitchNorm2d)
+        layer = layer.float().to(DEVICE)
         layer.momentum = 0.9
         start, stop = sum(counts[:rank]), sum(counts[: rank + 1])
         x_all, dy_all = _sync_batch(sum(counts))
-        x = x_all[start:stop].float().requires_grad_(True)
+        x = x_all[start:stop].float().to(DEVICE).requires_grad_(True)
         y = layer(x)
-        (y * dy_all[start:stop].float()).sum().backward()
+        (y * dy_all[start:stop].float().to(DEVICE)).sum().backward()
         out[name] = dict(
-            y=y.detach(),
-            dx=x.grad,
-            grads=[p.grad.clone() for p in layer.parameters()],
-            buffers={k: v.clone() for k, v in layer.state_dict().items() if "running" in k},
+            y=y.detach().cpu(),
+            dx=x.grad.cpu(),
+            grads=[p.grad.cpu() for p in layer.parameters()],
+            buffers={k: v.cpu() for k, v in layer.state_dict().items() if "running" in k},
         )
     # A training step of a rank with samples reads nothing back to the host: on GPUs a read
     # per layer would stall every rank's CPU until its GPU caught up.
-    layer = make_layer(SYNC_SHAPE[0], cls=SyncSwitchNorm2d).float()
-    x = _sync_batch(3)[0][rank : rank + 1 + rank].float().requires_grad_(True)
+    layer = make_layer(SYNC_SHAPE[0], cls=SyncSwitchNorm2d).float().to(DEVICE)
+    x = _sync_batch(3)[0][rank : rank + 1 + rank].float().to(DEVICE).requires_grad_(True)
     out["host syncs"] = dispatched_ops(lambda: layer(x).sum().backward()) & HOST_SYNC_OPS
     return out
 
