@@ -450,15 +450,19 @@ def test_probability_mode_matches_logits(monkeypatch, path, using_bn, training):
 
     if path == "torch_ops":
         monkeypatch.setattr(sn_kernels, "_C", None)
+    device = "cpu"
     if path == "triton":
         pytest.importorskip("triton")
         skip_if_interpreter_broken()
-        monkeypatch.setattr(switchable_norm, "TRITON_ON_CPU", True)
+        if torch.cuda.is_available():
+            device = "cuda"  # compiled kernels take GPU tensors only
+        else:
+            monkeypatch.setattr(switchable_norm, "TRITON_ON_CPU", True)  # the interpreter
     dtype = torch.float32 if path == "triton" else torch.double
-    ref = make_layer(6, using_bn=using_bn).to(dtype).train(training)
-    probs = _SoftmaxOutsideSN(6, using_bn=using_bn).to(dtype).train(training)
+    ref = make_layer(6, using_bn=using_bn).to(dtype).train(training).to(device)
+    probs = _SoftmaxOutsideSN(6, using_bn=using_bn).to(dtype).train(training).to(device)
     probs.load_state_dict(ref.state_dict())
-    x = random_input((3, 6, 5, 4)).detach().to(dtype)
+    x = random_input((3, 6, 5, 4)).detach().to(dtype).to(device)
     outs = []
     for m in (ref, probs):
         xi = x.clone().requires_grad_(True)
