@@ -23,6 +23,16 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _shared: Optional[int] = None  # what this process was given
 
 
+def _processes_on_this_machine() -> int:
+    """The job's processes on this machine: detectron2's per-machine group when its launch
+    made one, else torchrun's LOCAL_WORLD_SIZE (a user's own process group has neither)."""
+    if comm.get_world_size() <= 1:
+        return 1
+    if comm._LOCAL_PROCESS_GROUP is not None:
+        return comm.get_local_size()
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+
+
 def share_cpu_threads(device: str) -> Optional[int]:
     """Give this process its share of torch's threads when it trains on the CPU beside
     other processes of the same job on this machine.
@@ -31,23 +41,22 @@ def share_cpu_threads(device: str) -> Optional[int]:
         device: the model's device (``MODEL.DEVICE``, ``train.device``).
 
     Returns:
-        the number of threads set, or None when nothing changed (one process per machine,
-        a GPU, or a thread count set through the environment).
+        the threads this process now has, or None when it was left alone (one process
+        on this machine, a GPU, or a thread count set through the environment).
     """
     global _shared
-    local = comm.get_local_size()
-    if local <= 1 or torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu":
         return None
-    if any(os.environ.get(v) for v in THREAD_VARIABLES):
+    local = _processes_on_this_machine()
+    if local <= 1 or any(os.environ.get(v) for v in THREAD_VARIABLES):
         return None
     if _shared is not None:  # once per process: a second call must not divide again
         return _shared
     total = torch.get_num_threads()  # torch's default: the machine's cores
     _shared = max(1, total // local)
-    if _shared != total:
-        torch.set_num_threads(_shared)
-        logger.info(
-            f"{local} training processes share this machine's {total} CPU threads: "
-            f"{_shared} each (set OMP_NUM_THREADS to choose)"
-        )
+    torch.set_num_threads(_shared)
+    logger.info(
+        f"{local} training processes share this machine's {total} CPU threads: "
+        f"{_shared} each (set OMP_NUM_THREADS or MKL_NUM_THREADS to choose)"
+    )
     return _shared

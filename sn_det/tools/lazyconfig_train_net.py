@@ -31,6 +31,7 @@ from detectron2.engine import (
 
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, ListConfig
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
@@ -196,6 +197,10 @@ def main(args):
     cfg = load_lazy_config(args.config_file, args.opts)
     check_datasets(cfg, args.eval_only)
     default_setup(cfg, args)
+    # sn_det's own messages (the model, thread sharing, checkpoint conversion) beside
+    # detectron2's, on the console and in the log file.
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="sn_det",
+                 abbrev_name="sn")  # fmt: skip
     share_cpu_threads(cfg.train.device)
     if args.eval_only:
         model = build_lazy_model(cfg.model)
