@@ -181,6 +181,20 @@ def test_lazyconfig_train_net_bad_train_settings_are_refused_up_front(tmp_path, 
     assert message in str(e.value)
 
 
+def test_lazyconfig_train_net_bad_train_setting_is_one_sentence(tmp_path):
+    # The command itself, once: invoke_main runs the checks above before launching.
+    proc = run_tool(
+        LAZY_TRAIN_NET,
+        "--config-file", os.path.join(REPO, "configs", TINY), "--eval-only",
+        "train.init_checkpoint=/nonexistent/w.pth", f"train.output_dir={tmp_path}",
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "train.init_checkpoint = '/nonexistent/" in last, last
+    assert "Traceback" not in proc.stderr
+
+
 def test_lazyconfig_bad_norm_is_refused_when_the_config_is_read():
     from sn_det.tools.lazyconfig_train_net import LazyConfigError, load_lazy_config
 

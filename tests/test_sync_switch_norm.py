@@ -17,7 +17,14 @@ import torch.distributed as dist
 from distributed import run_distributed
 from sn_det.layers import SwitchNorm2d, SyncSwitchNorm2d, get_norm, resolve_norm
 from sn_reference import reference_switch_norm
-from sn_testing import assert_close, make_layer, random_input, reference_params
+from sn_testing import (
+    HOST_SYNC_OPS,
+    assert_close,
+    dispatched_ops,
+    make_layer,
+    random_input,
+    reference_params,
+)
 
 RTOL = 1e-6  # the bound; float64 reaches ~1e-15
 C, H, W = 6, 5, 4
@@ -54,6 +61,10 @@ def _run_cases(rank, world_size):
             # The count stays a tensor there (no host read on a GPU): its arithmetic differs.
             sn_kernels._C = None
         out[path] = _run_path(rank)
+    # The ops a GPU runs without Triton read nothing back to the host in a training step.
+    layer = make_layer(C, cls=SyncSwitchNorm2d)
+    x = random_input((1 + rank, C, H, W), seed=7).detach().requires_grad_(True)
+    out["host syncs"] = dispatched_ops(lambda: layer(x).sum().backward()) & HOST_SYNC_OPS
     return out
 
 
@@ -152,6 +163,10 @@ def _identical_to_switch_norm():
         (m(x) * dy).sum().backward()
         outs.append([m(x).detach(), x.grad, m.weight.grad, m.var_weight.grad, m.running_var])
     return all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_a_training_step_on_the_torch_ops_reads_nothing_back(two_rank_results):
+    assert [r["host syncs"] for r in two_rank_results] == [set(), set()]
 
 
 def test_without_process_group_it_is_exactly_switch_norm():

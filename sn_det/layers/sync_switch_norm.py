@@ -18,8 +18,9 @@ the local batch size; a rank with N == 0 contributes zero sums and a zero count.
 forward never reads the pooled count on the host (that would stall the CPU at every layer
 until the GPU caught up, and forbid CUDA-graph capture): with no sample on any rank the BN
 term selects the running statistics on the device, and every rank runs the backward
-all-reduce. Only batch-average calibration reads the count, to skip such a batch, and every
-rank reads the same gathered value, so all of them skip the backward all-reduce together.
+all-reduce. Only batch-average mode (the calibration pass, or training with
+using_moving_average=False) reads the count, to skip such a batch; every rank reads the same
+gathered value, so all of them skip the backward all-reduce together.
 """
 
 from typing import Optional, Tuple
@@ -107,9 +108,10 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         stacked = torch.stack(gathered)  # (world, 2C + 1)
         counts, means, m2 = stacked[:, :1], stacked[:, 1 : c + 1], stacked[:, c + 1 :]
         if not self.using_moving_average:
-            # Batch-average calibration adds every batch to the sums, so a batch without
-            # samples anywhere must be skipped: decided on the host (a calibration pass, not
-            # the training loop). Integers are exact in float32 below 2^24.
+            # Batch-average mode adds every batch to the sums, so a batch without samples
+            # anywhere must be skipped: decided on the host (mostly a calibration pass; the
+            # moving average, the default, trains without this read). Integers are exact in
+            # float32 below 2^24.
             total = int(round(counts.sum().item()))
             if total == 0:
                 return None, 0
