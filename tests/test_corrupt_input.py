@@ -14,7 +14,14 @@ import torch
 
 from sn_det.data import synthetic
 from sn_det.data.mapper import CheckedMapper, DatasetFileError
-from tool_runner import INSTANT, one_sentence_exit_2, one_step, run_tool, train_net
+from tool_runner import (
+    INSTANT,
+    one_sentence_exit_2,
+    one_step,
+    run_tool,
+    setup_cfg_here,
+    train_net,
+)
 
 # --- checkpoints given as MODEL.WEIGHTS ----------------------------------------------------
 
@@ -63,7 +70,7 @@ def test_bad_weights_are_refused_by_the_trainers_checkpointer(tmp_path, name, ma
 
     path = str(tmp_path / name)
     make(path)
-    cfg = _setup(["MODEL.WEIGHTS", path])
+    cfg = setup_cfg_here(["MODEL.WEIGHTS", path])
     checkpointer = SNDetectionCheckpointer(
         Trainer.build_model(cfg), str(tmp_path), min_loaded_fraction=cfg.MODEL.MIN_LOADED_FRACTION
     )
@@ -82,25 +89,11 @@ def test_config_refused_with_the_fix():
     one_sentence_exit_2(code, log, "add TEST.SN_BATCH_AVG.ENABLED True")
 
 
-def _setup(opts=(), config_file=INSTANT, eval_only=False, num_gpus=1):
-    """setup_cfg in this process, with tools/train_net.py's arguments (what the tool
-    prints for a ConfigError is tested above, through the tool)."""
-    from argparse import Namespace
-
-    from sn_det.engine import setup_cfg
-
-    args = Namespace(
-        config_file=str(config_file), opts=list(opts), num_gpus=num_gpus, num_machines=1,
-        eval_only=eval_only, resume=False,
-    )  # fmt: skip
-    return setup_cfg(args, default=False)
-
-
 def test_a_batch_that_does_not_divide_over_the_processes_is_refused_at_setup():
     from sn_det.engine import ConfigError
 
     with pytest.raises(ConfigError) as e:
-        _setup(num_gpus=3)
+        setup_cfg_here(num_gpus=3)
     assert "SOLVER.IMS_PER_BATCH 2 does not divide evenly over 3 processes" in str(e.value)
 
 
@@ -126,7 +119,7 @@ def test_config_values_refused_at_setup(eval_only, opts, expected):
     from sn_det.engine import ConfigError
 
     with pytest.raises(ConfigError) as e:
-        _setup(opts, eval_only=eval_only)
+        setup_cfg_here(opts, eval_only=eval_only)
     assert expected in str(e.value)
 
 
@@ -142,16 +135,16 @@ def test_config_files_that_are_not_yacs_yaml(tmp_path):
     child = tmp_path / "child.yaml"
     child.write_text(f"_BASE_: {bad}\n")
     with pytest.raises(ConfigError, match=f"^{bad} is not valid YAML at line 4, column 1"):
-        _setup(config_file=child)
+        setup_cfg_here(config_file=child)
     for text in ("", "- MODEL\n"):
         child.write_text(text)
         with pytest.raises(ConfigError, match=r"\(or a _BASE_ of it\) is not a detectron2 con"):
-            _setup(config_file=child)
+            setup_cfg_here(config_file=child)
     lazy = os.path.join(
         os.path.dirname(INSTANT), "..", "lazy", "mask_rcnn_R_18_FPN_sn_synthetic.py"
     )
     with pytest.raises(ConfigError, match=r"Python \(LazyConfig\) config.*lazyconfig_train_net"):
-        _setup(config_file=lazy)
+        setup_cfg_here(config_file=lazy)
 
 
 def test_batch_average_mode_with_the_pass_is_accepted():

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from tool_runner import INSTANT, train_net
+from tool_runner import INSTANT, setup_cfg_here, train_net
 
 
 def copypaste_results(log):
@@ -212,21 +212,6 @@ def test_bad_config_is_one_sentence_and_exit_2():
     assert "Traceback" not in log
 
 
-def _setup(*opts, config_file=INSTANT):
-    """setup_cfg in this process with train_net's arguments: what the command refuses before
-    any worker starts, as the ConfigError whose one-sentence exit the test above shows (a
-    command start costs ~8 s on these CPUs)."""
-    from argparse import Namespace
-
-    from sn_det.engine import setup_cfg
-
-    args = Namespace(
-        config_file=str(config_file), opts=list(opts), num_gpus=1, num_machines=1,
-        eval_only=False, resume=False,
-    )  # fmt: skip
-    return setup_cfg(args, default=False)
-
-
 @pytest.mark.parametrize(
     "opts,message",
     [
@@ -244,7 +229,7 @@ def test_bad_config_values_are_refused_at_setup(opts, message):
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError) as e:
-        _setup(*opts)
+        setup_cfg_here(opts)
     assert message in str(e.value)
 
 
@@ -275,5 +260,5 @@ def test_key_typo_in_the_config_file_names_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f'_BASE_: "{INSTANT}"\nMODEL:\n  RESNETS:\n    NORMM: "SN"\n')
     with pytest.raises(ConfigError) as e:
-        _setup(config_file=bad)
+        setup_cfg_here(config_file=bad)
     assert f"{bad}: Non-existent config key: MODEL.RESNETS.NORMM" in str(e.value)

@@ -56,3 +56,18 @@ def one_sentence_exit_2(code, log, *expected):
     for text in expected:
         assert text in last, last
     return last
+
+
+def setup_cfg_here(opts=(), config_file=INSTANT, eval_only=False, num_gpus=1):
+    """sn_det's setup_cfg in this process, with tools/train_net.py's arguments: what the
+    command checks before any worker starts, raising the ConfigError whose one-sentence exit
+    the tests show once through the command (a command start costs ~8 s on these CPUs)."""
+    from argparse import Namespace
+
+    from sn_det.engine import setup_cfg
+
+    args = Namespace(
+        config_file=str(config_file), opts=list(opts), num_gpus=num_gpus, num_machines=1,
+        eval_only=eval_only, resume=False,
+    )  # fmt: skip
+    return setup_cfg(args, default=False)
