@@ -313,9 +313,13 @@ def _sync_worker(rank, world_size):
         )
     # A training step of a rank with samples reads nothing back to the host: on GPUs a read
     # per layer would stall every rank's CPU until its GPU caught up.
-    layer = make_layer(SYNC_SHAPE[0], cls=SyncSwitchNorm2d).float().to(DEVICE)
-    x = _sync_batch(3)[0][rank : rank + 1 + rank].float().to(DEVICE).requires_grad_(True)
-    out["host syncs"] = dispatched_ops(lambda: layer(x).sum().backward()) & HOST_SYNC_OPS
+    # Moving average and batch average alike (a rank with samples knows the batch is not
+    # empty anywhere).
+    out["host syncs"] = set()
+    for moving in (True, False):
+        layer = make_layer(SYNC_SHAPE[0], moving=moving, cls=SyncSwitchNorm2d).float().to(DEVICE)
+        x = _sync_batch(3)[0][rank : rank + 1 + rank].float().to(DEVICE).requires_grad_(True)
+        out["host syncs"] |= dispatched_ops(lambda: layer(x).sum().backward()) & HOST_SYNC_OPS
     return out
 
 

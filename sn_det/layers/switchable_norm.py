@@ -243,7 +243,7 @@ class SwitchNorm2d(nn.Module):
         Returns:
             (mean_bn, var_bn), each (1, C), and the number of samples they average over, or
             (None, 0) when there is no sample at all (possible only for a synchronized
-            layer in batch-average mode).
+            layer in batch-average mode, on a process without samples).
             The number is an int, or a 0-d float tensor on the moments' device where reading
             it would synchronize with the GPU (a synchronized layer's training forward).
             Identity here; a synchronized layer pools over ranks.

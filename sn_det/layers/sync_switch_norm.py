@@ -18,9 +18,10 @@ the local batch size; a rank with N == 0 contributes zero sums and a zero count.
 forward never reads the pooled count on the host (that would stall the CPU at every layer
 until the GPU caught up, and forbid CUDA-graph capture): with no sample on any rank the BN
 term selects the running statistics on the device, and every rank runs the backward
-all-reduce. Only batch-average mode (the calibration pass, or training with
-using_moving_average=False) reads the count, to skip such a batch; every rank reads the same
-gathered value, so all of them skip the backward all-reduce together.
+all-reduce. Only a rank without samples in batch-average mode (the calibration pass, or
+training with using_moving_average=False) reads the count, to skip a batch empty everywhere;
+all such ranks read the same gathered value, so all of them skip the backward all-reduce
+together (a rank with samples knows the batch is not empty).
 """
 
 from typing import Optional, Tuple
@@ -107,21 +108,24 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         dist.all_gather(gathered, packed, group=group)
         stacked = torch.stack(gathered)  # (world, 2C + 1)
         counts, means, m2 = stacked[:, :1], stacked[:, 1 : c + 1], stacked[:, c + 1 :]
+        samples = counts.sum()
+        if local is not None:
+            # Samples here, so some everywhere: the count stays on the device. Reading it
+            # would stall the CPU at every layer until the GPU caught up (and forbid
+            # CUDA-graph capture).
+            return self._pooled(counts, means, m2, samples), samples.reshape(())
         if not self.using_moving_average:
-            # Batch-average mode adds every batch to the sums, so a batch without samples
-            # anywhere must be skipped: decided on the host (mostly a calibration pass; the
-            # moving average, the default, trains without this read). Integers are exact in
-            # float32 below 2^24.
-            total = int(round(counts.sum().item()))
+            # No sample here, and batch-average mode adds every batch to the sums: a batch
+            # without samples anywhere must be skipped, decided on the host (only ranks
+            # without samples read). Integers are exact in float32 below 2^24.
+            total = int(round(samples.item()))
             if total == 0:
                 return None, 0
             return self._pooled(counts, means, m2, total), total
-        # Training: no host read of the count. Reading it would stall the CPU at every layer
-        # until the GPU caught up (and forbid CUDA-graph capture). With no sample on any rank
-        # the moments are the running statistics, which the moving average then leaves
-        # exactly as they were (lerp(r, r, w) == r); the count is clamped to 1 so that the
-        # backward's division stays finite (it scales gradients of no sample).
-        samples = counts.sum()
+        # No sample here, moving average: no host read either. With no sample on any rank the
+        # moments are the running statistics, which the moving average then leaves exactly
+        # as they were (lerp(r, r, w) == r); the count is clamped to 1 so that the backward's
+        # division stays finite (it scales gradients of no sample).
         total = samples.clamp(min=1.0)
         mean_bn, var_bn = self._pooled(counts, means, m2, total)
         empty = samples < 0.5
