@@ -167,6 +167,8 @@ def test_cpu_threads_are_shared_once_by_the_processes_of_one_machine(monkeypatch
     assert cpu_threads._processes_on_this_machine() == 2
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert cpu_threads._processes_on_this_machine() == 1  # a user's own group: unknown
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
+    assert cpu_threads._processes_on_this_machine() == 1  # not torchrun's: unknown
     monkeypatch.setattr(comm, "_LOCAL_PROCESS_GROUP", object())
     monkeypatch.setattr(comm, "get_local_size", lambda: 3)
     assert cpu_threads._processes_on_this_machine() == 3

@@ -10,6 +10,7 @@ from .setup import (
     project_config_adders,
     selected_project,
     setup_cfg,
+    sn_process_setup,
 )
 from .trainer import Trainer
 
@@ -31,4 +32,5 @@ __all__ = [
     "selected_project",
     "setup_cfg",
     "sn_optimizer_params",
+    "sn_process_setup",
 ]

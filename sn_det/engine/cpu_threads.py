@@ -30,7 +30,10 @@ def _processes_on_this_machine() -> int:
         return 1
     if comm._LOCAL_PROCESS_GROUP is not None:
         return comm.get_local_size()
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:  # not torchrun's: nothing known about this machine
+        return 1
 
 
 def share_cpu_threads(device: str) -> Optional[int]:

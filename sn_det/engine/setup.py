@@ -21,6 +21,7 @@ __all__ = [
     "setup_cfg",
     "load_cfg",
     "default_sn_setup",
+    "sn_process_setup",
     "ConfigError",
     "add_project_argument",
     "project_config_adders",
@@ -227,5 +228,13 @@ def default_sn_setup(cfg: CfgNode, args) -> None:
     same console and log file; several processes training on one machine's CPU share its
     threads (:func:`share_cpu_threads`)."""
     default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sn_det", abbrev_name="sn")
-    share_cpu_threads(cfg.MODEL.DEVICE)
+    sn_process_setup(cfg.OUTPUT_DIR, cfg.MODEL.DEVICE)
+
+
+def sn_process_setup(output_dir: str, device: str) -> None:
+    """What every sn_det training or evaluation process adds to detectron2's
+    ``default_setup``, for yacs (``OUTPUT_DIR``, ``MODEL.DEVICE``) and LazyConfig
+    (``train.output_dir``, ``train.device``) runs alike: sn_det's logger on the same console
+    and log file, and the CPU threads shared by the processes of one machine."""
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="sn_det", abbrev_name="sn")
+    share_cpu_threads(device)

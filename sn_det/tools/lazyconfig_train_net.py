@@ -31,13 +31,12 @@ from detectron2.engine import (
 
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, ListConfig
 
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from sn_det.data import DatasetFileError, prepare_dataset_names
-from sn_det.engine.cpu_threads import share_cpu_threads
 from sn_det.engine.parent_watch import exit_with_parent
+from sn_det.engine import sn_process_setup
 from sn_det.engine.trainer import create_ddp_model  # CPU models too (gloo)
 from sn_det.lazy import build_lazy_model, resolve_lazy_norms
 
@@ -197,11 +196,7 @@ def main(args):
     cfg = load_lazy_config(args.config_file, args.opts)
     check_datasets(cfg, args.eval_only)
     default_setup(cfg, args)
-    # sn_det's own messages (the model, thread sharing, checkpoint conversion) beside
-    # detectron2's, on the console and in the log file.
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="sn_det",
-                 abbrev_name="sn")  # fmt: skip
-    share_cpu_threads(cfg.train.device)
+    sn_process_setup(cfg.train.output_dir, cfg.train.device)  # sn_det's logger, CPU threads
     if args.eval_only:
         model = build_lazy_model(cfg.model)
         model.to(cfg.train.device)
