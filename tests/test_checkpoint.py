@@ -1,7 +1,5 @@
 """Published ImageNet SN checkpoints: conversion, direct loading, exact equivalence, refusals."""
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -16,6 +14,7 @@ from sn_det import add_sn_config
 from sn_det.checkpoint import CheckpointConversionError, SNDetectionCheckpointer
 from published_models import BLOCKS, detectron_pytorch_layout, published_resnet50
 from sn_reference import reference_switch_norm
+from tool_runner import call_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT = os.path.join(REPO, "tools", "convert_sn_to_d2.py")
@@ -93,13 +92,8 @@ def convert(src, dst, *options):
     """
     from sn_det.tools.convert_sn_to_d2 import main
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(["--ckpt", src, "--dst", dst, *options])
-        except SystemExit as e:  # argparse's refusals
-            code = e.code
-    return code, out.getvalue() + err.getvalue()
+    proc = call_main(main, ["--ckpt", src, "--dst", dst, *options])
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["with_bn", "8x1"])

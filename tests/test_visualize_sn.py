@@ -1,15 +1,15 @@
 """tools/visualize_sn.py: chart, CSV and markdown of a trained checkpoint's importance ratios,
 checked against a softmax of the checkpoint's switch logits computed here."""
 
-import contextlib
 import csv
-import io
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+
+from tool_runner import call_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "visualize_sn.py")
@@ -34,13 +34,7 @@ def run_main(*args):
     """
     from sn_det.tools.visualize_sn import main
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args))
-        except SystemExit as e:  # argparse's refusals
-            code = e.code
-    return subprocess.CompletedProcess([TOOL, *args], code, out.getvalue(), err.getvalue())
+    return call_main(main, args)
 
 
 def test_chart_and_tables_of_a_trained_checkpoint(instant_run, tmp_path):
