@@ -67,6 +67,19 @@ def test_layers_compiled_sn_and_the_r50_step_on_toy_sizes(tmp_path):
     assert all(float(r[1]) > 0 for r in r50)
     assert "2 images of 64x64" in text
 
+    # The fixed cost per layer step: every norm timed; device operations are counted on CUDA
+    # only, and the per-model estimate (which assumes a GPU paced by the host) is GPU-only too.
+    fixed = {r[0]: r for r in _fixed_rows(text)}
+    assert list(fixed) == ["SN (sn_det)", "SN textbook", "BatchNorm2d", "GroupNorm(32)"]
+    assert fixed["BatchNorm2d"][2] == "1.00" and fixed["GroupNorm(32)"][3] == "1.00"
+    assert all(float(r[1]) > 0 and r[4] == "-" for r in fixed.values()), fixed
+    assert "from fixed costs" not in text
+
+
+def _fixed_rows(text):
+    """The rows of the fixed-cost table (the one after its "Fixed cost" caption)."""
+    return _table(text[text.index("Fixed cost per layer step") :], "norm")[1]
+
 
 @pytest.mark.parametrize(
     "args,expected",

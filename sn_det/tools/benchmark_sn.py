@@ -14,6 +14,11 @@ On CUDA the layer part uses the R50-FPN shapes and runs in float32 and under flo
 With --compiled it also times SN under torch.compile, which runs SN's torch-ops form as
 inductor's generated kernels (what a compiled model gets), beside sn_det's own kernels.
 
+Fixed cost part: the time of one layer step at a shape too small for the device work to
+matter, i.e. what a model pays per norm layer per step whatever its size (on a GPU: Python,
+dispatch, allocations and kernel launches on the host), with the device operations (kernels,
+memsets, copies) of one step counted on CUDA.
+
 Prints a markdown table and writes it to --out (default benchmarks/latest.md).
 
 Examples:
@@ -172,6 +177,88 @@ def bench_layers(shapes, rounds, device, amp=False, compiled=False):
                 peak[k] = torch.cuda.max_memory_allocated() - base
         rows.append((shape, med, saved, peak, x.numel() * x.element_size()))
     return rows
+
+
+# The fixed-cost shape: a 256-channel map of 8x8, where a GPU finishes each kernel in a few
+# microseconds, so that back-to-back steps are paced by the host.
+FIXED_COST_SHAPE = (2, 256, 8, 8)
+FIXED_COST_STEPS = 50
+
+
+def device_ops_per_step(step, device):
+    """Device operations (kernels, memsets, copies) one ``step()`` runs on CUDA, counted by
+    torch's profiler; None on the CPU or where the profiler cannot see the GPU."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+    except RuntimeError as e:  # no CUPTI in this environment: the table says "-"
+        print(f"[fixed cost] the profiler cannot count device operations: {e}", flush=True)
+        return None
+
+
+def bench_fixed_cost(rounds, device, shape=FIXED_COST_SHAPE, steps=FIXED_COST_STEPS):
+    """Per norm: median seconds per forward+backward over ``steps`` back-to-back steps at the
+    tiny ``shape`` (one synchronisation per ``steps``, so the host's launch pace is what is
+    timed on a GPU), and the device operations of one step (CUDA only, else None).
+
+    Returns {name: (seconds per step, device operations or None)}."""
+    print(f"[fixed cost] {shape} x {steps} steps ...", flush=True)
+    mods = {k: f().to(device).train() for k, f in layer_factories(shape[1]).items()}
+    x = torch.randn(shape, device=device).requires_grad_(True)
+    dy = torch.randn(shape, device=device)
+
+    def step(m):
+        x.grad = None
+        m(x).backward(dy)
+
+    times = {k: [] for k in mods}
+    for r in range(rounds + 2):  # rounds 0 and 1 warm up
+        for k, m in mods.items():
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(steps):
+                step(m)
+            sync(device)
+            if r > 1:
+                times[k].append((time.perf_counter() - t) / steps)
+    return {
+        k: (statistics.median(times[k]), device_ops_per_step(lambda m=m: step(m), device))
+        for k, m in mods.items()
+    }
+
+
+def render_fixed_cost(results, sn_layers=None, shape=FIXED_COST_SHAPE, steps=FIXED_COST_STEPS):
+    """Markdown table of bench_fixed_cost's results; with ``sn_layers`` (the SN layers of the
+    timed R50-FPN model), what SN's fixed cost over GN's adds to one step of that model."""
+    bn, gn = results["BatchNorm2d"][0], results["GroupNorm(32)"][0]
+    out = [
+        f"Fixed cost per layer step: forward+backward at {tuple(shape)}, float32, timed over "
+        f"{steps} back-to-back steps (what a model pays per norm layer per step, whatever its "
+        "size; on a GPU, the host's launch pace), and the device operations of one step:",
+        "",
+        "| norm | us/step | vs BN | vs GN | device ops/step |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (t, ops) in results.items():
+        if name == COMPILED:
+            continue
+        ops_s = "-" if ops is None else str(ops)
+        out.append(f"| {name} | {t * 1e6:.0f} | {t / bn:.2f} | **{t / gn:.2f}** | {ops_s} |")
+    if sn_layers:
+        extra = sn_layers * (results["SN (sn_det)"][0] - gn)
+        out += [
+            "",
+            f"The R50-FPN SN model above has {sn_layers} SN layers: at most {sn_layers} x (SN - GN)"
+            f" = {extra * 1e3:.1f} ms per step from fixed costs, where the host paces the GPU.",
+        ]
+    return out
 
 
 def bench_model(rounds, device, threads):
@@ -369,7 +456,10 @@ def machine_line(device, threads):
     return f"{what}, {threads} threads, torch {torch.__version__}, {datetime.date.today()}"
 
 
-def render(layer_rows, model_times, device, threads, rounds, model_rounds, amp_rows=None, r50=()):
+def render(
+    layer_rows, model_times, device, threads, rounds, model_rounds, amp_rows=None, r50=(),
+    fixed=None, sn_layers=None,
+):  # fmt: skip
     out = [f"Machine: {machine_line(device, threads)}; medians of {rounds} interleaved rounds.", ""]
     out += render_layers(layer_rows, "float32")
     if amp_rows:
@@ -389,6 +479,8 @@ def render(layer_rows, model_times, device, threads, rounds, model_rounds, amp_r
             out.append(
                 f"| {k} | {model_times[k]:.3f} | **{model_times[k]/model_times['GN']:.2f}** |"
             )
+    if fixed:
+        out += [""] + render_fixed_cost(fixed, sn_layers)
     return "\n".join(out) + "\n"
 
 
@@ -537,14 +629,17 @@ def main(argv=None):
     if os.path.isdir(args.out):
         parser.error(f"--out {args.out!r} is a folder; name the markdown file to write")
     model = args.model or ("r50fpn" if device.type == "cuda" else "demo")
+    sn_layers = None  # SN layers of the R50-FPN model, when it is timed
     if model == "r50fpn" and not args.skip_model:
         from sn_det.modeling import build_model
 
         try:  # before minutes of layer timings: a bad override stops here, in one sentence
             # (built on the CPU: a value that only fails in a builder, e.g. a ResNet depth)
-            build_model(r50_fpn_cfg("SN", torch.device("cpu"), args.r50_opts))
+            probe = build_model(r50_fpn_cfg("SN", torch.device("cpu"), args.r50_opts))
         except (KeyError, ValueError, TypeError, AssertionError) as e:
             parser.error(f"--r50-opts {' '.join(args.r50_opts)!r} do not apply: {e}")
+        sn_layers = sum(isinstance(m, SwitchNorm2d) for m in probe.modules())
+        del probe
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
 
@@ -566,9 +661,14 @@ def main(argv=None):
                 args.model_rounds, device, amp, size, args.warmup, args.r50_opts
             )
             r50.append((results, "AMP (float16 autocast)" if amp else "float32", size))
+    # Last: it profiles on CUDA, and nothing of the profiler must linger into the timings above.
+    fixed = bench_fixed_cost(args.rounds, device)
+    if device.type != "cuda" or not r50:
+        sn_layers = None  # the per-model estimate holds where the host paces a GPU
     table = render(
-        layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds, amp_rows, r50
-    )
+        layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds,
+        amp_rows, r50, fixed, sn_layers,
+    )  # fmt: skip
     print()
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
