@@ -106,6 +106,24 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys, args, ex
     assert not out.exists() and os.listdir(tmp_path) == []
 
 
+def test_a_run_cut_short_keeps_the_tables_it_finished(tmp_path, monkeypatch):
+    # On the GPU machine each check runs under a time limit: the layer tables must survive a
+    # model part that is killed or fails.
+    from sn_det.tools import benchmark_sn
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the model part failed")
+
+    monkeypatch.setattr(benchmark_sn, "bench_model", fail)
+    out = tmp_path / "bench.md"
+    with pytest.raises(RuntimeError, match="model part failed"):
+        benchmark_sn.main(["--shapes", "2x32x6x6", "--rounds", "1", "--out", str(out)])
+    text = out.read_text()
+    assert "| (2, 32, 6, 6) |" in text, text
+    assert "training step" not in text and "Fixed cost" not in text
+    assert os.listdir(tmp_path) == ["bench.md"]
+
+
 def test_the_tool_refuses_in_one_sentence(tmp_path):
     proc = run_tool(BENCH, "--shapes", "2x30x6x6", "--out", str(tmp_path / "b.md"))
     one_sentence_exit_2(proc.returncode, proc.stdout + proc.stderr, "multiple of 32")

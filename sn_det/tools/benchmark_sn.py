@@ -19,7 +19,8 @@ matter, i.e. what a model pays per norm layer per step whatever its size (on a G
 dispatch, allocations and kernel launches on the host), with the device operations (kernels,
 memsets, copies) of one step counted on CUDA.
 
-Prints a markdown table and writes it to --out (default benchmarks/latest.md).
+Prints markdown tables and writes them to --out (default benchmarks/latest.md), rewritten
+after each part, so that a run cut short keeps the parts it finished.
 
 Examples:
   tools/benchmark_sn.py                      # full run (a few minutes on 2 CPU cores)
@@ -389,7 +390,7 @@ def bench_r50_fpn(rounds, device, amp, size, warmup=3, opts=()):
         torch.manual_seed(0)
         model = build_model(cfg).train()
         models[norm] = (model, build_sn_optimizer(cfg, model))
-    scaler = torch.cuda.amp.GradScaler(enabled=amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     batch = random_batch(2, size, device, seed=0)
 
     def step(model, opt):
@@ -408,11 +409,14 @@ def bench_r50_fpn(rounds, device, amp, size, warmup=3, opts=()):
             for _ in range(warmup):
                 step(*models[k])
             if device.type == "cuda":
+                # Above what is allocated before the step: all four models' weights, gradients
+                # and optimizer state stay resident, more of them the later a model comes.
                 sync(device)
                 torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
                 step(*models[k])
                 sync(device)
-                peak[k] = torch.cuda.max_memory_allocated()
+                peak[k] = torch.cuda.max_memory_allocated() - base
         for r in range(rounds):
             print(f"[r50-fpn{' amp' if amp else ''}] round {r + 1}/{rounds}", flush=True)
             for k in names[r % len(names) :] + names[: r % len(names)]:
@@ -428,9 +432,11 @@ def render_r50(results, title, size, rounds):
     out = [
         f"Mask R-CNN R50-FPN training step, {title}, 2 images of {size[0]}x{size[1]}, norm in "
         "backbone + FPN + 4conv1fc box head + mask head (FrozenBN: frozen backbone, no norm "
-        f"elsewhere); medians of {rounds} rounds in rotating order after per-model warm-up:",
+        f"elsewhere); medians of {rounds} rounds in rotating order after per-model warm-up; "
+        "step memory: the peak allocated during one step above what was allocated before it "
+        "(weights, gradients and optimizer state):",
         "",
-        "| norm | s/step | vs GN | vs FrozenBN | peak memory GiB |",
+        "| norm | s/step | vs GN | vs FrozenBN | step memory GiB |",
         "|---|---|---|---|---|",
     ]
     for k in R50_NORMS:
@@ -624,6 +630,13 @@ def main(argv=None):
         parser.error(f"--device {args.device!r}: this benchmark runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            parser.error(f"--device {args.device}: this machine has "
+                         f"{torch.cuda.device_count()} GPU(s)")  # fmt: skip
+        # Everything below (models built for "cuda", synchronisation, memory statistics) uses
+        # the current device.
+        torch.cuda.set_device(device)
     if len(args.r50_opts) % 2:
         parser.error("--r50-opts takes KEY VALUE pairs; got an odd number of words")
     if os.path.isdir(args.out):
@@ -644,16 +657,33 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
 
     shapes = args.shapes or (CUDA_SHAPES if device.type == "cuda" else SHAPES)
+    amp_rows, model_times, r50, fixed = None, None, [], None
+    # SN's fixed cost times the SN layers of the R50-FPN model bounds what it adds to a step
+    # where the host paces a GPU; the CPU computes while it launches, so no such bound there.
+    layers_of_model = sn_layers if device.type == "cuda" else None
+
+    def write():
+        """Render what is measured so far and replace --out with it in one rename: a run cut
+        short (a time limit, a failing model part) keeps the tables it finished."""
+        table = render(
+            layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds,
+            amp_rows, r50, fixed, layers_of_model if r50 else None,
+        )  # fmt: skip
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(table)
+        os.replace(tmp, args.out)
+        return table
+
     layer_rows = bench_layers(shapes, args.rounds, device, compiled=args.compiled)
-    # Under AMP on the GPU too: SN must not make a float32 copy of a half input.
-    amp_rows = (
-        bench_layers(shapes, args.rounds, device, amp=True, compiled=args.compiled)
-        if device.type == "cuda"
-        else None
-    )
-    model_times, r50 = None, []
+    write()
+    if device.type == "cuda":  # under AMP too: SN must not make a float32 copy of a half input
+        amp_rows = bench_layers(shapes, args.rounds, device, amp=True, compiled=args.compiled)
+        write()
     if not args.skip_model and model == "demo":
         model_times = bench_model(args.model_rounds, device, args.threads)
+        write()
     elif not args.skip_model:
         size = tuple(args.image_size)
         for amp in (False, True) if device.type == "cuda" else (False,):
@@ -661,21 +691,12 @@ def main(argv=None):
                 args.model_rounds, device, amp, size, args.warmup, args.r50_opts
             )
             r50.append((results, "AMP (float16 autocast)" if amp else "float32", size))
+            write()
     # Last: it profiles on CUDA, and nothing of the profiler must linger into the timings above.
     fixed = bench_fixed_cost(args.rounds, device)
-    if device.type != "cuda" or not r50:
-        sn_layers = None  # the per-model estimate holds where the host paces a GPU
-    table = render(
-        layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds,
-        amp_rows, r50, fixed, sn_layers,
-    )  # fmt: skip
+    table = write()
     print()
     print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(table)
-    os.replace(tmp, args.out)
     print(f"written to {args.out}")
 
 
