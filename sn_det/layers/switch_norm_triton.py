@@ -635,12 +635,14 @@ def _backward_rows_kernel(
             d_var_in += d_sq
         tl.store(a_ptr + idx, d_var_in * two_over_l1, mask=mask)
         tl.store(b_ptr + idx, d_mean_in / L, mask=mask)
-    # Every program reduces the (6, C) partials (cheap); program 0 stores the result.
-    first = pid == 0
+    # Every program reduces the (6, C) partials (cheap); program 0 stores the result. The mask
+    # is lanes < K on program 0 only (K <= 3 < 4 lanes), written as one comparison: Triton
+    # 3.9's interpreter gives `block_mask & (pid == 0)` int32 data, which its store refuses.
     d_pm, lanes = _logit_grads(logit_ptr, pm0, pm1, pm2, 0, C, BLOCK_C, PROBS)
-    tl.store(d_mean_logit_ptr + lanes, d_pm, mask=(lanes < K) & first)
+    on_first = (lanes + 4 * pid) < K
+    tl.store(d_mean_logit_ptr + lanes, d_pm, mask=on_first)
     d_pv, lanes = _logit_grads(logit_ptr, pv0, pv1, pv2, 3, C, BLOCK_C, PROBS)
-    tl.store(d_var_logit_ptr + lanes, d_pv, mask=(lanes < K) & first)
+    tl.store(d_var_logit_ptr + lanes, d_pv, mask=on_first)
 
 
 @triton.jit
