@@ -364,7 +364,10 @@ class SwitchNorm2d(nn.Module):
         n, c, h, w = x.shape
         xf = x.float() if x.dtype == torch.float16 or x.dtype == torch.bfloat16 else x
         x3 = xf.reshape(n, c, h * w)
-        var_in, mean_in = torch.var_mean(x3, dim=[2], correction=1 if h * w > 1 else 0)
+        if x3.numel() == 0:  # no planes (N == 0) or empty ones: var_mean would warn on nothing
+            mean_in, var_in = xf.new_zeros((n, c)), xf.new_zeros((n, c))
+        else:
+            var_in, mean_in = torch.var_mean(x3, dim=[2], correction=1 if h * w > 1 else 0)
         use_batch = self.using_bn and self.training and not self.frozen and n > 0
         mean_bn: Optional[Tensor] = None
         var_bn: Optional[Tensor] = None
