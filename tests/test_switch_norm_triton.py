@@ -168,16 +168,20 @@ def test_large_offset_matches_float64_of_the_unshifted_input():
 
 
 def test_eight_launches_per_training_step(monkeypatch):
-    """Forward + backward of a training step in eight Triton kernel launches."""
-    launches = _record_launches(monkeypatch)
+    """Forward + backward of a training step in eight Triton kernel launches, each asking for
+    fused multiply-adds itself (Triton 3.10 turns its default to unfused)."""
+    options = []
+    launches = _record_launches(monkeypatch, options)
     layer = SwitchNorm2d(8).to(DEVICE)
     x = torch.randn(2, 8, 5, 5, device=DEVICE, requires_grad=True)
     layer(x).sum().backward()
     assert len(launches) == 8, launches
+    assert [o.get("enable_fp_fusion") for o in options] == [True] * 8, options
 
 
-def _record_launches(monkeypatch):
-    """[(kernel name, grid)] of every Triton launch from now on."""
+def _record_launches(monkeypatch, options=None):
+    """[(kernel name, grid)] of every Triton launch from now on; ``options``, a list, gets the
+    keyword arguments of each launch."""
     launches = []
 
     class Recording:
@@ -186,7 +190,14 @@ def _record_launches(monkeypatch):
 
         def __getitem__(self, grid):
             launches.append((self.name, tuple(grid)))
-            return self.kernel[grid]
+            launch = self.kernel[grid]
+
+            def record(*args, **kwargs):
+                if options is not None:
+                    options.append(kwargs)
+                return launch(*args, **kwargs)
+
+            return record
 
     for name in dir(switch_norm_triton):
         if name.startswith("_") and name.endswith("_kernel"):

@@ -47,6 +47,11 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # so that small test shapes still exercise the split path.
 _PROGRAMS_PER_SM = 4
 INTERPRETER_TARGET_PROGRAMS = 8
+# Given at every launch rather than left to Triton's default: fused multiply-adds, as every
+# Triton from 2.3 to 3.9 compiled by default and as the checks and timings were made with.
+# Triton 3.9 warns that its default turns to unfused in 3.10, which would change the
+# kernels' rounding and speed with the Triton version.
+_COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
 def dtype_supported(dtype: torch.dtype, capability: Optional[Tuple[int, int]]) -> bool:
@@ -791,6 +796,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         _plane_moments_kernel[(n * c_blocks, n_splits)](
             x, part_mean, part_m2, n, c, length, *x_strides, span, per_split,
             BLOCK_C=block_c, BLOCK_L=block_l,
+            **_COMPILE_OPTIONS,
         )  # fmt: skip
 
         k = 3 if layer.using_bn else 2
@@ -802,6 +808,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             _batch_stats_kernel[(triton.cdiv(c, bn_c),)](
                 part_mean, part_m2, bn_mean, bn_var, n, c, length, n_splits, span,
                 BLOCK_N=bn_n, BLOCK_C=bn_c,
+                **_COMPILE_OPTIONS,
             )  # fmt: skip
             pooled, total = layer._pool_batch_moments((bn_mean.view(1, c), bn_var.view(1, c)), n)
             if pooled is not None:
@@ -826,6 +833,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             n, c, length, n_splits, span, layer.eps, layer.momentum,
             K=k, PROBS=layer.switch_probabilities, UPDATE=update, MOVING=layer.using_moving_average,
             BLOCK_N=row_n, BLOCK_C=row_c,
+            **_COMPILE_OPTIONS,
         )  # fmt: skip
         if update and not layer.using_moving_average:
             layer.num_batches_accumulated += 1
@@ -835,6 +843,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         _affine_kernel[(n * c_blocks * triton.cdiv(length, block_l),)](
             x, y, mu, scale, bias, c, length, *x_strides, *y_strides,
             BLOCK_C=block_c, BLOCK_L=block_l,
+            **_COMPILE_OPTIONS,
         )  # fmt: skip
         ctx.save_for_backward(x, weight, mean_weight, var_weight)
         # Small per-plane state: one attribute (ctx attribute access is not free).
@@ -868,6 +877,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         _backward_sums_kernel[(n * c_blocks, n_splits)](
             dy, x, mean_in, g_shift, g_c, n, c, length, *x_strides, *dy_strides,
             span, per_split, BLOCK_C=block_c, BLOCK_L=block_l,
+            **_COMPILE_OPTIONS,
         )  # fmt: skip
 
         d_weight = torch.empty_like(weight)
@@ -883,6 +893,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             weight, mean_weight, var_weight, bn_m, bn_v, d_weight, d_bias, d_mean_bn, d_var_bn,
             logit_parts,
             n, c, n_splits, K=k, PROBS=layer.switch_probabilities, BLOCK_N=bn_n, BLOCK_C=bn_c,
+            **_COMPILE_OPTIONS,
         )  # fmt: skip
         bn_batch = count is not None
         if bn_batch:  # identity, or the sum over ranks for a synchronized layer
@@ -902,6 +913,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             bn_m, d_mean_bn, d_var_bn, logit_parts, a, b, d_mw, d_vw,
             n, c, length, n_splits, float(count) if bn_batch else 1.0,
             K=k, PROBS=layer.switch_probabilities, BN_BATCH=bn_batch, BLOCK_N=row_n, BLOCK_C=row_c,
+            **_COMPILE_OPTIONS,
         )  # fmt: skip
 
         dx = None
@@ -911,5 +923,6 @@ class SwitchNormTritonFunction(torch.autograd.Function):
                 dy, x, dx, mean_in, scale, a, b, c, length,
                 *x_strides, *dy_strides, *_plane_strides(dx),
                 BLOCK_C=block_c, BLOCK_L=block_l,
+                **_COMPILE_OPTIONS,
             )  # fmt: skip
         return dx, d_weight, d_bias, d_mw, d_vw, None, None
