@@ -107,9 +107,14 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys, args, ex
 
 
 def test_a_run_cut_short_keeps_the_tables_it_finished(tmp_path, monkeypatch):
-    # On the GPU machine each check runs under a time limit: the layer tables must survive a
-    # model part that is killed or fails.
+    # On the GPU machine each check runs under a time limit: the layer and fixed-cost tables
+    # must survive a model part that is killed or fails.
+    import torch
+
     from sn_det.tools import benchmark_sn
+
+    threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    torch.set_num_threads(1)  # differs from the tool's --threads 2
 
     def fail(*args, **kwargs):
         raise RuntimeError("the model part failed")
@@ -118,10 +123,36 @@ def test_a_run_cut_short_keeps_the_tables_it_finished(tmp_path, monkeypatch):
     out = tmp_path / "bench.md"
     with pytest.raises(RuntimeError, match="model part failed"):
         benchmark_sn.main(["--shapes", "2x32x6x6", "--rounds", "1", "--out", str(out)])
+    try:
+        # The tool's process-wide settings do not outlive it, even when it fails.
+        assert torch.get_num_threads() == 1
+        assert torch.backends.cudnn.benchmark == cudnn_benchmark
+    finally:
+        torch.set_num_threads(threads)
     text = out.read_text()
     assert "| (2, 32, 6, 6) |" in text, text
-    assert "training step" not in text and "Fixed cost" not in text
+    assert "Fixed cost per layer step" in text and "training step" not in text
     assert os.listdir(tmp_path) == ["bench.md"]
+
+
+def test_the_fixed_cost_table_and_its_model_estimate():
+    from sn_det.tools.benchmark_sn import render_fixed_cost
+
+    times = {"SN (sn_det)": 90e-6, "SN textbook": 600e-6, "BatchNorm2d": 40e-6,
+             "GroupNorm(32)": 50e-6}  # fmt: skip
+    ops = {"SN (sn_det)": 9, "SN textbook": 109, "BatchNorm2d": 6, "GroupNorm(32)": 11}
+    text = "\n".join(render_fixed_cost(times, ops, sn_layers=100, shape=(2, 8, 4, 4), steps=7))
+    assert "(2, 8, 4, 4)" in text and "7 back-to-back steps" in text
+    rows = {r[0]: r for r in _fixed_rows(text)}
+    assert rows["SN (sn_det)"] == ["SN (sn_det)", "90", "2.25", "1.80", "9"]
+    assert rows["SN textbook"] == ["SN textbook", "600", "15.00", "12.00", "109"]
+    assert rows["GroupNorm(32)"][1:] == ["50", "1.25", "1.00", "11"]
+    # 100 layers x (90 - 50) us = 4.0 ms
+    assert "about 100 x (SN - GN) = 4.0 ms per step" in text
+    # Without device counts (the CPU, or no CUPTI) the column says "-"; no estimate without
+    # the model's layer count.
+    text = "\n".join(render_fixed_cost(times))
+    assert all(r[4] == "-" for r in _fixed_rows(text)) and "per step from" not in text
 
 
 def test_the_tool_refuses_in_one_sentence(tmp_path):

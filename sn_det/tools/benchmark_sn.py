@@ -157,6 +157,7 @@ def bench_layers(shapes, rounds, device, amp=False, compiled=False):
         for r in range(rounds + 2):  # rounds 0 and 1 warm up (kernel compilation, caches)
             for k, m in mods.items():
                 x.grad = None
+                m.zero_grad(set_to_none=True)  # as a training step: no accumulation kernels
                 sync(device)
                 t = time.perf_counter()
                 step(m)
@@ -170,6 +171,7 @@ def bench_layers(shapes, rounds, device, amp=False, compiled=False):
         if device.type == "cuda":
             for k, m in mods.items():
                 x.grad = None
+                m.zero_grad(set_to_none=True)
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
@@ -186,39 +188,29 @@ FIXED_COST_SHAPE = (2, 256, 8, 8)
 FIXED_COST_STEPS = 50
 
 
-def device_ops_per_step(step, device):
-    """Device operations (kernels, memsets, copies) one ``step()`` runs on CUDA, counted by
-    torch's profiler; None on the CPU or where the profiler cannot see the GPU."""
-    if device.type != "cuda":
-        return None
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            step()
-            torch.cuda.synchronize()
-        return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
-    except RuntimeError as e:  # no CUPTI in this environment: the table says "-"
-        print(f"[fixed cost] the profiler cannot count device operations: {e}", flush=True)
-        return None
-
-
-def bench_fixed_cost(rounds, device, shape=FIXED_COST_SHAPE, steps=FIXED_COST_STEPS):
-    """Per norm: median seconds per forward+backward over ``steps`` back-to-back steps at the
-    tiny ``shape`` (one synchronisation per ``steps``, so the host's launch pace is what is
-    timed on a GPU), and the device operations of one step (CUDA only, else None).
-
-    Returns {name: (seconds per step, device operations or None)}."""
-    print(f"[fixed cost] {shape} x {steps} steps ...", flush=True)
+def _fixed_cost_setup(device, shape):
+    """The norms (without the compiled SN, which has no per-layer launch pattern of its own)
+    at ``shape``, float32, and a ``step(m)`` that runs one forward+backward the way a training
+    step does: parameter gradients set to None first (the optimizer's zero_grad), so that the
+    first backward allocates them rather than accumulating into old ones."""
     mods = {k: f().to(device).train() for k, f in layer_factories(shape[1]).items()}
     x = torch.randn(shape, device=device).requires_grad_(True)
     dy = torch.randn(shape, device=device)
 
     def step(m):
         x.grad = None
+        m.zero_grad(set_to_none=True)
         m(x).backward(dy)
 
+    return mods, step
+
+
+def bench_fixed_cost(rounds, device, shape=FIXED_COST_SHAPE, steps=FIXED_COST_STEPS):
+    """Per norm: median seconds per forward+backward over ``steps`` back-to-back steps at the
+    tiny ``shape`` (one synchronisation per ``steps``, so the host's launch pace is what is
+    timed on a GPU). Returns {name: seconds per step}."""
+    print(f"[fixed cost] {shape} x {steps} steps ...", flush=True)
+    mods, step = _fixed_cost_setup(device, shape)
     times = {k: [] for k in mods}
     for r in range(rounds + 2):  # rounds 0 and 1 warm up
         for k, m in mods.items():
@@ -229,16 +221,44 @@ def bench_fixed_cost(rounds, device, shape=FIXED_COST_SHAPE, steps=FIXED_COST_ST
             sync(device)
             if r > 1:
                 times[k].append((time.perf_counter() - t) / steps)
-    return {
-        k: (statistics.median(times[k]), device_ops_per_step(lambda m=m: step(m), device))
-        for k, m in mods.items()
-    }
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def render_fixed_cost(results, sn_layers=None, shape=FIXED_COST_SHAPE, steps=FIXED_COST_STEPS):
-    """Markdown table of bench_fixed_cost's results; with ``sn_layers`` (the SN layers of the
-    timed R50-FPN model), what SN's fixed cost over GN's adds to one step of that model."""
-    bn, gn = results["BatchNorm2d"][0], results["GroupNorm(32)"][0]
+def count_device_ops(device, shape=FIXED_COST_SHAPE):
+    """Per norm: the device operations (kernels, memsets, copies) of one forward+backward at
+    ``shape``, counted by torch's profiler after a warm-up step. {name: count}, or None on the
+    CPU or where the profiler cannot see the GPU (no CUPTI: it then records no device event)."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    print(f"[fixed cost] device operations per step at {shape} ...", flush=True)
+    mods, step = _fixed_cost_setup(device, shape)
+    counts = {}
+    for k, m in mods.items():
+        step(m)  # warm-up: compilation and first allocations are not part of a step
+        torch.cuda.synchronize()
+        try:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step(m)
+                torch.cuda.synchronize()
+        except RuntimeError as e:
+            print(f"[fixed cost] the profiler cannot count device operations: {e}", flush=True)
+            return None
+        counts[k] = sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+    if not any(counts.values()):  # every step runs kernels: zero means the profiler saw none
+        print("[fixed cost] the profiler recorded no device operation (no CUPTI?)", flush=True)
+        return None
+    return counts
+
+
+def render_fixed_cost(times, ops=None, sn_layers=None, shape=FIXED_COST_SHAPE,
+                      steps=FIXED_COST_STEPS):  # fmt: skip
+    """Markdown table of bench_fixed_cost's ``times`` and count_device_ops's ``ops`` (None:
+    "-"); with ``sn_layers`` (the SN layers of the timed R50-FPN model), about what SN's fixed
+    cost over GN's adds to one step of that model."""
+    bn, gn = times["BatchNorm2d"], times["GroupNorm(32)"]
     out = [
         f"Fixed cost per layer step: forward+backward at {tuple(shape)}, float32, timed over "
         f"{steps} back-to-back steps (what a model pays per norm layer per step, whatever its "
@@ -247,16 +267,14 @@ def render_fixed_cost(results, sn_layers=None, shape=FIXED_COST_SHAPE, steps=FIX
         "| norm | us/step | vs BN | vs GN | device ops/step |",
         "|---|---|---|---|---|",
     ]
-    for name, (t, ops) in results.items():
-        if name == COMPILED:
-            continue
-        ops_s = "-" if ops is None else str(ops)
+    for name, t in times.items():
+        ops_s = "-" if ops is None or ops.get(name) is None else str(ops[name])
         out.append(f"| {name} | {t * 1e6:.0f} | {t / bn:.2f} | **{t / gn:.2f}** | {ops_s} |")
     if sn_layers:
-        extra = sn_layers * (results["SN (sn_det)"][0] - gn)
+        extra = sn_layers * (times["SN (sn_det)"] - gn)
         out += [
             "",
-            f"The R50-FPN SN model above has {sn_layers} SN layers: at most {sn_layers} x (SN - GN)"
+            f"The R50-FPN SN model above has {sn_layers} SN layers: about {sn_layers} x (SN - GN)"
             f" = {extra * 1e3:.1f} ms per step from fixed costs, where the host paces the GPU.",
         ]
     return out
@@ -464,7 +482,7 @@ def machine_line(device, threads):
 
 def render(
     layer_rows, model_times, device, threads, rounds, model_rounds, amp_rows=None, r50=(),
-    fixed=None, sn_layers=None,
+    fixed=None, sn_layers=None, fixed_ops=None,
 ):  # fmt: skip
     out = [f"Machine: {machine_line(device, threads)}; medians of {rounds} interleaved rounds.", ""]
     out += render_layers(layer_rows, "float32")
@@ -486,7 +504,7 @@ def render(
                 f"| {k} | {model_times[k]:.3f} | **{model_times[k]/model_times['GN']:.2f}** |"
             )
     if fixed:
-        out += [""] + render_fixed_cost(fixed, sn_layers)
+        out += [""] + render_fixed_cost(fixed, fixed_ops, sn_layers)
     return "\n".join(out) + "\n"
 
 
@@ -641,9 +659,9 @@ def main(argv=None):
         parser.error("--r50-opts takes KEY VALUE pairs; got an odd number of words")
     if os.path.isdir(args.out):
         parser.error(f"--out {args.out!r} is a folder; name the markdown file to write")
-    model = args.model or ("r50fpn" if device.type == "cuda" else "demo")
+    args.model = args.model or ("r50fpn" if device.type == "cuda" else "demo")
     sn_layers = None  # SN layers of the R50-FPN model, when it is timed
-    if model == "r50fpn" and not args.skip_model:
+    if args.model == "r50fpn" and not args.skip_model:
         from sn_det.modeling import build_model
 
         try:  # before minutes of layer timings: a bad override stops here, in one sentence
@@ -653,13 +671,25 @@ def main(argv=None):
             parser.error(f"--r50-opts {' '.join(args.r50_opts)!r} do not apply: {e}")
         sn_layers = sum(isinstance(m, SwitchNorm2d) for m in probe.modules())
         del probe
+    # Process-wide settings, restored on the way out: main() also runs inside other programs
+    # (the tests call it in their own process).
+    threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
+    try:
+        _run(args, device, sn_layers)
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
+
+def _run(args, device, sn_layers):
+    """main()'s measurements, in the order that keeps the most if a time limit cuts them short;
+    --out is rewritten after each part."""
     shapes = args.shapes or (CUDA_SHAPES if device.type == "cuda" else SHAPES)
-    amp_rows, model_times, r50, fixed = None, None, [], None
-    # SN's fixed cost times the SN layers of the R50-FPN model bounds what it adds to a step
-    # where the host paces a GPU; the CPU computes while it launches, so no such bound there.
+    layer_rows, amp_rows, model_times, r50, fixed, fixed_ops = None, None, None, [], None, None
+    # SN's fixed cost times the SN layers of the R50-FPN model estimates what it adds to a step
+    # where the host paces a GPU; the CPU computes while it launches, so no such estimate there.
     layers_of_model = sn_layers if device.type == "cuda" else None
 
     def write():
@@ -667,7 +697,7 @@ def main(argv=None):
         short (a time limit, a failing model part) keeps the tables it finished."""
         table = render(
             layer_rows, model_times, device, args.threads, args.rounds, args.model_rounds,
-            amp_rows, r50, fixed, layers_of_model if r50 else None,
+            amp_rows, r50, fixed, layers_of_model if r50 else None, fixed_ops,
         )  # fmt: skip
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         tmp = args.out + ".tmp"
@@ -678,10 +708,13 @@ def main(argv=None):
 
     layer_rows = bench_layers(shapes, args.rounds, device, compiled=args.compiled)
     write()
+    # Early, as it takes seconds and is the figure that explains the model step on a GPU.
+    fixed = bench_fixed_cost(args.rounds, device)
+    write()
     if device.type == "cuda":  # under AMP too: SN must not make a float32 copy of a half input
         amp_rows = bench_layers(shapes, args.rounds, device, amp=True, compiled=args.compiled)
         write()
-    if not args.skip_model and model == "demo":
+    if not args.skip_model and args.model == "demo":
         model_times = bench_model(args.model_rounds, device, args.threads)
         write()
     elif not args.skip_model:
@@ -692,8 +725,8 @@ def main(argv=None):
             )
             r50.append((results, "AMP (float16 autocast)" if amp else "float32", size))
             write()
-    # Last: it profiles on CUDA, and nothing of the profiler must linger into the timings above.
-    fixed = bench_fixed_cost(args.rounds, device)
+    # Last: the profiler (CUDA only) must not linger into any timing above.
+    fixed_ops = count_device_ops(device)
     table = write()
     print()
     print(table)
