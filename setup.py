@@ -103,11 +103,11 @@ setup(
     package_dir={
         f"sn_det.projects.{name}": f"projects/{folder}/{name}" for name, folder in PROJECTS.items()
     },
-    python_requires=">=3.8",
+    python_requires=">=3.10",
     # Lower bounds only: sn_det runs in the user's own detectron2 environment. The versions
     # the project tests against are pinned in constraints.txt.
     install_requires=[
-        "torch>=2.0",
+        "torch>=2.3",
         "numpy",
         "fvcore>=0.1.5",
         "iopath>=0.1.7",

@@ -5,10 +5,10 @@
 #   ResNet50v1+SN(8,32)-77.49.pth, ResNet101v1+SN(8,32)-78.54.pth   (ImageNet downloads)
 #   resnet-sn-50-(8,2).pth                   (the authors' tools/convert.py output names)
 #   resnet50_sn_8x1.pth                      (sn_det's own names)
-# into OUT_DIR/resnet{depth}_sn_8x{k}.pth, the MODEL.WEIGHTS paths of the recipes. The
-# authors' Detectron.pytorch backbones ((8,2) and (8,1), with or without FPN) are recognised
-# by content, whatever their name: name them as above, or convert them one by one with
-# tools/convert_sn_to_d2.py.
+# into OUT_DIR/resnet{depth}_sn_8x{k}.pth, the MODEL.WEIGHTS paths of the recipes. Files are
+# chosen by name only. The authors' Detectron.pytorch backbones ((8,2) and (8,1), with or
+# without FPN) convert too (the converter recognises their layout by content) once named as
+# above; or convert them one by one with tools/convert_sn_to_d2.py.
 # PYTHON (environment): the interpreter with sn_det installed, default `python`.
 set -euo pipefail
 if [[ $# -lt 1 ]]; then

@@ -17,7 +17,7 @@ __all__ = ["main", "parse_args"]
 EXAMPLES = """examples:
   # the whole study on a CPU (17.5 minutes measured on 2 quiet cores), resumable:
   projects/NormStudy/study.py --output output/norm_study
-  # on GPUs, the larger size (6x the images, three seeds in every cell):
+  # on GPUs, the larger size (6x the images, seeds 0-2 in the 2-image column):
   projects/NormStudy/study.py --device cuda --size large --output output/norm_study_large
   # a part of it:
   projects/NormStudy/study.py --norms BN,GN,SN --ims-per-process 1,8
