@@ -175,3 +175,26 @@ def test_gpu_checks_fit_their_steps_into_the_total_time(tmp_path):
     proc = run("gpu_checks.sh", env=env)
     assert proc.returncode == 0 and "[gpu-checks] compiled (limit 240s)" in proc.stdout
     assert "--device cuda --compiled --skip-model" in (out / "compiled.log").read_text()
+
+
+def test_programs_the_readmes_run_directly_are_executable():
+    # A command line in a README that starts with a program's path (not "python path") is run
+    # by the shell, which refuses a file without its executable bit ("Permission denied").
+    readmes = [os.path.join(REPO, "README.md")]
+    projects = os.path.join(REPO, "projects")
+    readmes += [os.path.join(projects, p, "README.md") for p in sorted(os.listdir(projects))]
+    run_directly = set()
+    for readme in filter(os.path.exists, readmes):
+        with open(readme) as f:
+            for block in re.findall(r"```bash\n(.*?)```", f.read(), flags=re.S):
+                for line in block.splitlines():
+                    m = re.match(r"\s*(?:[A-Z_]+=\S+\s+)*((?:tools|projects|scripts)/\S+)", line)
+                    if m:
+                        run_directly.add(m.group(1))
+    assert len(run_directly) >= 5, run_directly  # the READMEs do show such commands
+    for rel in sorted(run_directly):
+        path = os.path.join(REPO, rel)
+        assert os.path.isfile(path), f"a README runs {rel}, which does not exist"
+        assert os.access(path, os.X_OK), f"a README runs {rel} directly, but it is not executable"
+        with open(path) as f:
+            assert f.readline().startswith("#!"), f"{rel} has no #! line"
