@@ -4,7 +4,7 @@ Triton's interpreter up to 3.6 turns a scalar kernel argument used as a loop bou
 Python int with ``int(array)`` on a 1-element array, which NumPy 2.4 made an error
 (triton-lang/triton#9171, fixed in later Triton). With such a pair every interpreted
 kernel fails before computing anything; the tests then skip and say why instead of failing
-43 times over an environment problem. Triton 2.3 (pinned, NumPy < 2) and 3.8 are fine."""
+43 times over an environment problem. Triton 2.3 (pinned, NumPy < 2), 3.8 and 3.9 are fine."""
 
 import functools
 
