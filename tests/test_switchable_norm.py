@@ -171,16 +171,27 @@ def test_loads_published_state_dict_layout(using_bn):
         SwitchNorm2d(c + 1, using_bn=using_bn).load_state_dict(published)
 
 
-def test_empty_batch_keeps_running_stats_and_backward_works():
-    m = make_layer(4).train()
-    before = (m.running_mean.clone(), m.running_var.clone())
-    x = torch.zeros(0, 4, 5, 5, dtype=torch.double, requires_grad=True)
+EMPTY_SHAPES = [(0, 4, 5, 5), (2, 4, 0, 5), (2, 4, 5, 0)]  # no samples; empty planes
+
+
+@pytest.mark.parametrize("moving", [True, False], ids=["moving", "batch_average"])
+@pytest.mark.parametrize("shape", EMPTY_SHAPES)
+def test_empty_batch_keeps_running_stats_and_backward_works(shape, moving):
+    # Empty planes (N > 0, H*W == 0) have no statistics either: their placeholder moments
+    # (zeros) once went into the running statistics as a batch, pulling them towards zero.
+    m = make_layer(4, moving=moving).train()
+    before = (m.running_mean.clone(), m.running_var.clone(), m.num_batches_accumulated.clone())
+    x = torch.zeros(shape, dtype=torch.double, requires_grad=True)
     y = m(x)
-    assert y.shape == (0, 4, 5, 5)
+    assert y.shape == shape
     y.sum().backward()
     assert x.grad.shape == x.shape
     for p in m.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and torch.all(p.grad == 0)
+    assert torch.equal(m.running_mean, before[0]) and torch.equal(m.running_var, before[1])
+    assert torch.equal(m.num_batches_accumulated, before[2])
+    with torch.no_grad():  # the inference path (no autograd Function) too
+        assert m(x).shape == shape
     assert torch.equal(m.running_mean, before[0]) and torch.equal(m.running_var, before[1])
 
 
@@ -288,11 +299,12 @@ def test_torch_ops_path_matches_reference(monkeypatch, shape, using_bn, training
     test_forward_and_gradients_match_reference(shape, using_bn, training, False)
 
 
-def test_torch_ops_path_empty_batch(monkeypatch):
+@pytest.mark.parametrize("shape", EMPTY_SHAPES)
+def test_torch_ops_path_empty_batch(monkeypatch, shape):
     from sn_det.layers import sn_kernels
 
     monkeypatch.setattr(sn_kernels, "_C", None)
-    test_empty_batch_keeps_running_stats_and_backward_works()
+    test_empty_batch_keeps_running_stats_and_backward_works(shape, moving=True)
 
 
 def test_compiled_cpu_kernels_are_built():
@@ -433,10 +445,13 @@ def test_torchscript_half_input_and_empty_batch():
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
     # An empty batch (a mask head without foreground ROIs) passes without a warning, as in
     # eager mode; var_mean over no element warned "degrees of freedom is <= 0" here.
+    # Neither an empty batch nor empty planes move the running statistics.
+    before = (m.running_mean.clone(), m.running_var.clone())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for shape in [(0, 4, 3, 3), (2, 4, 0, 3)]:
             assert m(torch.zeros(shape)).shape == shape
+    assert torch.equal(m.running_mean, before[0]) and torch.equal(m.running_var, before[1])
 
 
 class _SoftmaxOutsideSN(SwitchNorm2d):

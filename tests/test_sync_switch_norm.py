@@ -37,6 +37,8 @@ CASES = [
     ("0+2", (0, 2), True, True, False),
     ("2+0", (2, 0), True, True, False),
     ("0+0", (0, 0), True, True, False),
+    # Rank 0 holds 2 samples of empty planes (H*W == 0): no statistics, so the result is 0+2's.
+    ("2 empty+2", (0, 2), True, True, False),
     ("1+2 without BN", (1, 2), False, True, False),
     ("1+2 batch average, no grad", (1, 2), True, False, True),
 ]
@@ -48,6 +50,7 @@ def _batch(n, step):
     return x, dy.double()
 
 
+EMPTY_PLANES = "2 empty+2"
 PATHS = ["kernels", "torch ops"]  # sn_det's CPU kernels, and the torch ops CUDA falls back to
 
 
@@ -80,11 +83,14 @@ def _run_path(rank):
         for step in range(STEPS):
             layer.zero_grad()
             x_all, dy_all = _batch(sum(counts), step)
-            x = x_all[start:stop].clone().requires_grad_(not no_grad)
+            x, dy = x_all[start:stop].clone(), dy_all[start:stop]
+            if name == EMPTY_PLANES and rank == 0:
+                x = dy = x.new_zeros((2, C, 0, W))
+            x.requires_grad_(not no_grad)
             with torch.set_grad_enabled(not no_grad):
                 y = layer(x)
                 if not no_grad:
-                    (y * dy_all[start:stop]).sum().backward()
+                    (y * dy).sum().backward()
             steps.append(
                 dict(
                     y=y.detach(),
@@ -125,6 +131,9 @@ def test_two_ranks_equal_the_reference_on_the_whole_batch(two_rank_results, case
         got = [r[name]["steps"][step] for r in two_rank_results]
         bounds = [0, counts[0], sum(counts)]
         for rank in range(2):
+            if name == EMPTY_PLANES and rank == 0:
+                assert got[0]["y"].shape == got[0]["dx"].shape == (2, C, 0, W)
+                continue
             rows = slice(bounds[rank], bounds[rank + 1])
             assert_close(got[rank]["y"], y_ref[rows].detach(), RTOL, f"{name} y rank {rank}")
             if not no_grad:

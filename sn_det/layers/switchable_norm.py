@@ -77,6 +77,13 @@ def _triton_function(x: Tensor):
     return _triton_module.SwitchNormTritonFunction
 
 
+def _samples(x: Tensor) -> int:
+    """The samples of (N, C, H, W) ``x`` that have statistics: N, or 0 when H * W == 0 (the
+    moments of empty planes are zeros that stand for nothing; taken as a batch, they would
+    pull the running statistics towards zero)."""
+    return x.shape[0] if x.shape[2] * x.shape[3] > 0 else 0
+
+
 class _SwitchNormFunction(torch.autograd.Function):
     """y = (x - mu) * scale + bias with (mu, scale) from the mixed per-plane moments of x.
 
@@ -91,7 +98,7 @@ class _SwitchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch: bool):
         mean_in, var_in = sn_kernels.plane_moments(x)
         mixed, batch_count = layer._mix(
-            mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch
+            mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch, _samples(x)
         )
         # A fresh 4-d tensor (not a view): callers apply relu_ to it in place.
         y = sn_kernels.affine(x, mixed.mean, mixed.scale, mixed.bias)
@@ -215,23 +222,23 @@ class SwitchNorm2d(nn.Module):
     def _uses_batch_statistics(self, x: Tensor) -> bool:
         """Whether the BN term comes from this batch (else from the running statistics).
 
-        An empty batch has no statistics: using the running ones keeps everything finite
-        and leaves the running statistics untouched.
+        An empty batch (no samples, or empty planes) has no statistics: using the running
+        ones keeps everything finite and leaves the running statistics untouched.
         """
-        return self.using_bn and self.training and not self.frozen and x.shape[0] > 0
+        return self.using_bn and self.training and not self.frozen and _samples(x) > 0
 
-    def _batch_moments(self, mean_in: Tensor, var_in: Tensor):
+    def _batch_moments(self, mean_in: Tensor, var_in: Tensor, samples: int):
         """BN-term moments of this batch from its instance moments.
 
         Args:
             mean_in, var_in: (N, C) per-plane means and unbiased variances.
+            samples: N, or 0 when the planes are empty (their moments are placeholders).
 
         Returns:
             see :meth:`_pool_batch_moments`.
         """
-        n = mean_in.shape[0]
-        local = batch_moments(mean_in, var_in) if n > 0 else None
-        return self._pool_batch_moments(local, n)
+        local = batch_moments(mean_in, var_in) if samples > 0 else None
+        return self._pool_batch_moments(local, samples)
 
     def _pool_batch_moments(self, local: Optional[Tuple[Tensor, Tensor]], count: int):
         """The BN-term moments of everything that shares them, from this process's.
@@ -250,9 +257,12 @@ class SwitchNorm2d(nn.Module):
         """
         return (local, count) if count > 0 else (None, 0)
 
-    def _mix(self, mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch: bool):
+    def _mix(
+        self, mean_in, var_in, weight, bias, mean_weight, var_weight, use_batch: bool, samples: int
+    ):
         """Mix the (N, C) moments into per-plane scale/shift (see sn_mixing.mix_forward), and
         fold the batch BN moments, when the BN term took them, into the running statistics.
+        ``samples``: see :meth:`_batch_moments`.
 
         Returns:
             the :class:`Mixed` result, and the number of samples behind the batch BN moments
@@ -262,7 +272,7 @@ class SwitchNorm2d(nn.Module):
         bn_moments, count = None, None
         if self.using_bn:
             if use_batch:
-                bn_moments, count = self._batch_moments(mean_in, var_in)
+                bn_moments, count = self._batch_moments(mean_in, var_in, samples)
                 if bn_moments is None:  # no sample anywhere: nothing to take statistics of
                     count = None
             if bn_moments is None:
@@ -368,7 +378,7 @@ class SwitchNorm2d(nn.Module):
             mean_in, var_in = xf.new_zeros((n, c)), xf.new_zeros((n, c))
         else:
             var_in, mean_in = torch.var_mean(x3, dim=[2], correction=1 if h * w > 1 else 0)
-        use_batch = self.using_bn and self.training and not self.frozen and n > 0
+        use_batch = self.using_bn and self.training and not self.frozen and n * h * w > 0
         mean_bn: Optional[Tensor] = None
         var_bn: Optional[Tensor] = None
         running_mean, running_var = self.running_mean, self.running_var
@@ -455,7 +465,8 @@ class SwitchNorm2d(nn.Module):
         ):
             # Inference, or tracing (which records plain ops, not a Python autograd
             # Function): the same passes, no backward state to keep.
-            mixed, _ = self._mix(*sn_kernels.plane_moments(x), *params, use_batch)
+            moments = sn_kernels.plane_moments(x)
+            mixed, _ = self._mix(*moments, *params, use_batch, _samples(x))
             return sn_kernels.affine(x, mixed.mean, mixed.scale, mixed.bias)
         return _SwitchNormFunction.apply(x, *params, self, use_batch)
 

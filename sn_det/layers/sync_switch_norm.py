@@ -79,8 +79,9 @@ class SyncSwitchNorm2d(SwitchNorm2d):
     def _uses_batch_statistics(self, x: Tensor) -> bool:
         if self._sync_group() is None:
             return super()._uses_batch_statistics(x)
-        # Deliberately independent of x.shape[0]: a rank without samples must still join
-        # the all-reduce (an empty batch anywhere is detected from the reduced count).
+        # Deliberately independent of x's size: a rank without samples (N == 0, or empty
+        # planes, which count as none) must still join the all-reduce (an empty batch
+        # anywhere is detected from the reduced count).
         return self.using_bn and self.training and not self.frozen
 
     def _traceable(self, x: Tensor) -> bool:
