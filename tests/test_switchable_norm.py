@@ -1,18 +1,27 @@
 """SwitchNorm2d against the plain float64 reference in sn_reference.py, plus every edge case
 named in SN_FACTS.md (empty batch, 1x1 maps, half precision, frozen, batch-average mode)."""
 
+import copy
 import itertools
 import warnings
 
 import pytest
 import torch
 
-from sn_det.layers import SwitchNorm2d
+from sn_det.layers import SwitchNorm2d, switchable_norm
 from sn_reference import reference_switch_norm
 from sn_testing import assert_close, make_layer, random_input, reference_params
 from triton_interpreter import skip_if_interpreter_broken
 
 SHAPES = [(1, 3, 4, 5), (2, 8, 7, 3), (4, 5, 2, 2), (3, 16, 9, 11), (2, 4, 1, 6)]
+
+
+@pytest.fixture(params=["fused", "staged"])
+def cpu_path(request, monkeypatch):
+    """Both compiled CPU paths of SwitchNorm2d: one call per direction (the default for a
+    local BN term) and the staged calls that SyncSwitchNorm2d takes."""
+    monkeypatch.setattr(switchable_norm, "FUSED_CPU", request.param == "fused")
+    return request.param
 
 
 @pytest.mark.parametrize(
@@ -23,7 +32,7 @@ SHAPES = [(1, 3, 4, 5), (2, 8, 7, 3), (4, 5, 2, 2), (3, 16, 9, 11), (2, 4, 1, 6)
     ]
     + [((2, 6, 4, 4), True, True, True), ((2, 6, 4, 4), False, True, True)],
 )
-def test_forward_and_gradients_match_reference(shape, using_bn, training, last_gamma):
+def test_forward_and_gradients_match_reference(shape, using_bn, training, last_gamma, cpu_path):
     m = make_layer(shape[1], using_bn=using_bn, last_gamma=last_gamma)
     m.train(training)
     params = reference_params(m)
@@ -51,7 +60,7 @@ def test_forward_and_gradients_match_reference(shape, using_bn, training, last_g
 
 @pytest.mark.parametrize("moving", [True, False])
 @pytest.mark.parametrize("shape", [(1, 3, 4, 5), (3, 6, 5, 4)])
-def test_running_statistics_match_reference(moving, shape):
+def test_running_statistics_match_reference(moving, shape, cpu_path):
     m = make_layer(shape[1], moving=moving)
     m.momentum = 0.9
     rm = m.running_mean.detach().clone()
@@ -296,7 +305,7 @@ def test_torch_ops_path_matches_reference(monkeypatch, shape, using_bn, training
     from sn_det.layers import sn_kernels
 
     monkeypatch.setattr(sn_kernels, "_C", None)
-    test_forward_and_gradients_match_reference(shape, using_bn, training, False)
+    test_forward_and_gradients_match_reference(shape, using_bn, training, False, "torch_ops")
 
 
 @pytest.mark.parametrize("shape", EMPTY_SHAPES)
@@ -305,6 +314,95 @@ def test_torch_ops_path_empty_batch(monkeypatch, shape):
 
     monkeypatch.setattr(sn_kernels, "_C", None)
     test_empty_batch_keeps_running_stats_and_backward_works(shape, moving=True)
+
+
+def _step_results(m, x, dy, x_grad):
+    """Output, gradients (None where absent) and buffers after a forward+backward of ``m``,
+    then an inference forward in the same mode (which may update the running statistics)."""
+    xr = x.clone().requires_grad_(x_grad)
+    y = m(xr)
+    y.backward(dy)
+    out = [y, xr.grad] + [p.grad for p in m.parameters()] + [b.clone() for b in m.buffers()]
+    with torch.no_grad():
+        out.append(m(x))
+    return out + [b.clone() for b in m.buffers()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 8, 5, 3), (3, 6, 1, 1), (1, 4, 7, 7)])
+@pytest.mark.parametrize(
+    "using_bn,mode,moving",
+    [(True, "train", True), (True, "train", False), (True, "eval", True),
+     (True, "frozen", True), (False, "train", True)],
+)  # fmt: skip
+def test_fused_cpu_path_is_bit_identical_to_the_staged_one(
+    monkeypatch, dtype, shape, using_bn, mode, moving
+):
+    """The fused path runs the staged path's compiled steps in one call per direction, so
+    every output, gradient and running statistic is the same to the last bit."""
+    m = make_layer(shape[1], using_bn=using_bn, moving=moving).to(dtype)
+    if mode == "frozen":
+        m.freeze()
+    m.train(mode != "eval")
+    g = torch.Generator().manual_seed(3)
+    # float32 data far from zero, channels_last input and a non-contiguous dy: the layouts
+    # and the offset the passes must take as they are.
+    x = (torch.randn(shape, generator=g) * 3 + 50).to(dtype, memory_format=torch.channels_last)
+    dy = torch.randn(shape[::-1], generator=g).to(dtype).permute(3, 2, 1, 0)
+    results = {}
+    for path in ("fused", "staged"):
+        monkeypatch.setattr(switchable_norm, "FUSED_CPU", path == "fused")
+        layer = copy.deepcopy(m)
+        calls = []
+        monkeypatch.setattr(layer, "_fused_forward", _recording(layer._fused_forward, calls))
+        results[path] = _step_results(layer, x, dy, x_grad=True)
+        assert len(calls) == (2 if path == "fused" else 0), path  # the path really ran
+    for i, (a, b) in enumerate(zip(results["fused"], results["staged"])):
+        assert (a is None) == (b is None), i
+        assert a is None or torch.equal(a, b), (i, (a - b).abs().max())
+
+
+def _recording(fn, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def test_fused_cpu_path_without_an_input_gradient(monkeypatch):
+    """Only parameter gradients (a frozen stem's input): the fused backward skips dx."""
+    m = make_layer(6)
+    m2 = copy.deepcopy(m)
+    x = random_input((2, 6, 4, 4)).detach()
+    dy = torch.randn(2, 6, 4, 4, dtype=torch.double)
+    fused = _step_results(m, x, dy, x_grad=False)
+    monkeypatch.setattr(switchable_norm, "FUSED_CPU", False)
+    staged = _step_results(m2, x, dy, x_grad=False)
+    assert fused[1] is None and staged[1] is None
+    for a, b in zip(fused[2:], staged[2:]):
+        assert torch.equal(a, b)
+
+
+def test_which_layers_run_fused():
+    """A local BN term on the compiled kernels, with every tensor of the input's dtype; never a
+    synchronized layer (it pools between the steps), an empty input, or mixed dtypes."""
+    from sn_det.layers import SyncSwitchNorm2d
+
+    x = torch.randn(2, 4, 3, 3)
+
+    def fused(m, x):
+        return m._runs_fused(x, (m.weight, m.bias, *m._switch_inputs()))
+
+    assert fused(SwitchNorm2d(4), x) and fused(SwitchNorm2d(4, using_bn=False), x)
+    assert fused(switchable_norm.SwitchNorm2d(4).double(), x.double())
+    assert not fused(SyncSwitchNorm2d(4), x)
+    assert not SyncSwitchNorm2d._fusable and SwitchNorm2d._fusable
+    assert not fused(SwitchNorm2d(4), x[:0]) and not fused(SwitchNorm2d(4), x[:, :, :0])
+    assert not fused(SwitchNorm2d(4), x.double())  # float32 parameters, float64 input
+    m = SwitchNorm2d(4)
+    m.running_var = m.running_var.double()
+    assert not fused(m, x)
 
 
 def test_compiled_cpu_kernels_are_built():

@@ -13,4 +13,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mix_backward", &mix_backward, "its analytic backward");
   m.def("batch_moments", &batch_moments, "BN-term moments (1, C) from the (N, C) instance moments");
   m.def("dx_coefficients", &dx_coefficients, "a, b of dx = dy * scale + (x - m) * a + b, BN-term gradient included");
+  m.def("fused_forward", &fused_forward, "a whole SwitchNorm2d forward: y and the state for fused_backward");
+  m.def("fused_backward", &fused_backward, "its backward: dx (or None), d_weight, d_bias, d_mean/var logits");
 }

@@ -25,3 +25,12 @@ std::vector<at::Tensor> dx_coefficients(const at::Tensor& mean_in, const at::Ten
                                         const at::Tensor& d_var_in, const at::Tensor& bn_mean,
                                         const at::Tensor& d_mean_bn, const at::Tensor& d_var_bn, double count,
                                         int64_t length);
+
+// switch_norm_fused_cpu.cpp: a whole SwitchNorm2d forward / backward in one call each.
+std::vector<at::Tensor> fused_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                      const at::Tensor& mean_logits, const at::Tensor& var_logits, double eps,
+                                      const at::Tensor& running_mean, const at::Tensor& running_var,
+                                      const at::Tensor& num_batches, bool use_batch, double momentum,
+                                      bool moving_average, bool probs);
+std::vector<at::Tensor> fused_backward(const at::Tensor& dy, const at::Tensor& x, const std::vector<at::Tensor>& state,
+                                       const at::Tensor& weight, double count, bool probs, bool need_dx);
