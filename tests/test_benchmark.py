@@ -155,6 +155,23 @@ def test_the_fixed_cost_table_and_its_model_estimate():
     assert all(r[4] == "-" for r in _fixed_rows(text)) and "per step from" not in text
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_round_orders_put_every_norm_after_every_other(n):
+    from sn_det.tools.benchmark_sn import round_order
+
+    names = [f"norm{i}" for i in range(n)]
+    period = n if n % 2 == 0 else 2 * n
+    orders = [round_order(names, r) for r in range(period)]
+    assert all(sorted(o) == names for o in orders)  # each timed once per round
+    assert round_order(names, period) == orders[0]
+    pairs = [(a, b) for o in orders for a, b in zip(o, o[1:])]
+    # Every ordered pair of distinct norms, equally often: none always follows the same one.
+    expected = [(a, b) for a in names for b in names if a != b] * (period // n)
+    assert sorted(pairs) == sorted(expected)
+    # and every norm is first in some round
+    assert {o[0] for o in orders} == set(names)
+
+
 def test_the_tool_refuses_in_one_sentence(tmp_path):
     proc = run_tool(BENCH, "--shapes", "2x30x6x6", "--out", str(tmp_path / "b.md"))
     one_sentence_exit_2(proc.returncode, proc.stdout + proc.stderr, "multiple of 32")

@@ -1,9 +1,10 @@
 """Benchmark SN against BatchNorm, GroupNorm and the textbook SN formulation.
 
 Layer part: forward+backward time of each norm at detection shapes, measured interleaved in
-one run (these machines are noisy: every round times every implementation once, and the
-medians are compared), and the bytes each keeps for backward (saved tensors, counted once
-per storage), as ratios against GroupNorm and the input.
+one run (these machines are noisy: every round times every implementation once, in an order
+that changes from round to round, and the medians are compared), and the bytes each keeps
+for backward (saved tensors, counted once per storage), as ratios against GroupNorm and the
+input.
 
 Model part: one training step of the small Mask R-CNN of the demo with BN, GN and SN as the
 norm of backbone, FPN and mask head, interleaved the same way (default on CPU); or (--model
@@ -128,6 +129,26 @@ def saved_bytes(module, x):
     return sum(storages.values())
 
 
+def round_order(items, r):
+    """``items`` (a list) in the order of timing round ``r``: the rows of a balanced Latin
+    square (Williams design), so that every implementation is timed right after every other
+    one equally often (once per len(items) rounds; twice per 2 len(items) for an odd count)
+    and sits at every position of the round. In one fixed order an implementation always
+    inherits the allocations and cache footprint of the same predecessor."""
+    n = len(items)
+    first, lo, hi = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(i + k) % n for i in first] for k in range(n)]
+    if n % 2:  # odd n needs the mirrored rows too for every ordered pair to occur
+        rows += [row[::-1] for row in rows]
+    return [items[i] for i in rows[r % len(rows)]]
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -155,7 +176,7 @@ def bench_layers(shapes, rounds, device, amp=False, compiled=False):
 
         times = {k: [] for k in mods}
         for r in range(rounds + 2):  # rounds 0 and 1 warm up (kernel compilation, caches)
-            for k, m in mods.items():
+            for k, m in round_order(list(mods.items()), r):
                 x.grad = None
                 m.zero_grad(set_to_none=True)  # as a training step: no accumulation kernels
                 sync(device)
@@ -213,7 +234,7 @@ def bench_fixed_cost(rounds, device, shape=FIXED_COST_SHAPE, steps=FIXED_COST_ST
     mods, step = _fixed_cost_setup(device, shape)
     times = {k: [] for k in mods}
     for r in range(rounds + 2):  # rounds 0 and 1 warm up
-        for k, m in mods.items():
+        for k, m in round_order(list(mods.items()), r):
             sync(device)
             t = time.perf_counter()
             for _ in range(steps):
@@ -319,7 +340,7 @@ def bench_model(rounds, device, threads):
     with EventStorage(0):
         for r, batch in enumerate(batches):
             print(f"[model] round {r}/{rounds}", flush=True)
-            for k, (model, opt) in models.items():
+            for k, (model, opt) in round_order(list(models.items()), r):
                 sync(device)
                 t = time.perf_counter()
                 loss = sum(model(batch).values())
@@ -437,7 +458,7 @@ def bench_r50_fpn(rounds, device, amp, size, warmup=3, opts=()):
                 peak[k] = torch.cuda.max_memory_allocated() - base
         for r in range(rounds):
             print(f"[r50-fpn{' amp' if amp else ''}] round {r + 1}/{rounds}", flush=True)
-            for k in names[r % len(names) :] + names[: r % len(names)]:
+            for k in round_order(names, r):
                 sync(device)
                 t = time.perf_counter()
                 step(*models[k])
