@@ -384,6 +384,55 @@ def test_fused_cpu_path_without_an_input_gradient(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_fused_cpu_path_is_one_cpp_autograd_node_and_refuses_a_second_derivative():
+    """A training forward on the fused path records one C++ autograd node (no Python between
+    forward and backward); differentiating its backward again is refused in one sentence, as
+    the staged path's once_differentiable Function refuses it."""
+    m = SwitchNorm2d(4)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    y = m(x)
+    assert y.grad_fn.name() == "torch::autograd::CppNode<sn_det::FusedSwitchNorm>"
+    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+        torch.autograd.grad((y * y).sum(), x, create_graph=True)
+
+
+def test_fused_cpu_path_checks_saved_inputs_for_in_place_changes():
+    """x and weight are saved variables: changing one in place before backward is refused
+    by autograd (the gradient would be computed from the new values)."""
+    m = SwitchNorm2d(4)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    y = m(x)
+    with torch.no_grad():
+        m.weight.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_fused_cpu_path_saves_through_saved_tensor_hooks():
+    """Everything the fused backward reads goes through autograd's saved-tensor hooks (what
+    offloading and memory accounting use): x, weight and the 11 state tensors; gradients
+    from copies made by the hooks equal the plain ones."""
+    m = make_layer(6).float()
+    x = torch.randn(2, 6, 4, 4, requires_grad=True)
+    dy = torch.randn(2, 6, 4, 4)
+    m(x).backward(dy)
+    plain = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    x.grad = None
+    m.zero_grad(set_to_none=True)
+    packed = []
+
+    def pack(t):
+        packed.append(tuple(t.shape))
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = m(x)
+    assert packed[:2] == [(2, 6, 4, 4), (6,)] and len(packed) == 13, packed
+    y.backward(dy)
+    for a, b in zip(plain, [x.grad] + [p.grad for p in m.parameters()]):
+        assert torch.equal(a, b)
+
+
 def test_which_layers_run_fused():
     """A local BN term on the compiled kernels, with every tensor of the input's dtype; never a
     synchronized layer (it pools between the steps), an empty input, or mixed dtypes."""

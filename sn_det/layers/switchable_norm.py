@@ -10,9 +10,9 @@ Cost model (why the code is shaped like this): every statistic is a function of 
 Everything in between works on (N, C) tensors (sn_mixing.py, with an analytic backward).
 The autograd Function below owns the large passes (sn_kernels.py: compiled on CPU, torch
 ops elsewhere), and only the input x and (N, C)-sized tensors are kept for backward. On the
-CPU a layer whose BN term is local runs the same compiled steps as one call per direction
-(_FusedSwitchNormFunction): at small maps the Python between eight calls cost more than
-the math.
+CPU a layer whose BN term is local runs the same compiled steps as one call per direction,
+inside a C++ autograd Function (csrc/switch_norm_fused_cpu.cpp): at small maps the Python
+between eight calls, and around a Python autograd Function, cost more than the math.
 """
 
 from typing import Optional, Tuple
@@ -81,8 +81,10 @@ def _triton_function(x: Tensor):
 
 
 # CPU float32/float64 layers whose batch statistics are local run as one compiled call per
-# direction (_FusedSwitchNormFunction, bit-identical to the staged path; a (2, 256, 8, 8)
-# step took 285 us instead of 447). False sends them through the staged path, which
+# direction in a C++ autograd Function (sn_det._C.fused_autograd, bit-identical to the staged
+# path; a (2, 256, 8, 8) step took 285 us instead of 447 with the two calls in a Python
+# autograd.Function; in C++, make bench's SN/GN fixed cost fell again from 1.95-1.98 to
+# 1.48-1.67). False sends them through the staged path, which
 # SyncSwitchNorm2d always takes; the tests run both.
 FUSED_CPU = True
 
@@ -91,7 +93,7 @@ FUSED_CPU = True
 _STAGED_HOOKS = ("_mix", "_batch_moments", "_pool_batch_moments", "_reduce_bn_grads", "_track")
 _NO_TENSOR = torch.empty(0)  # "no running statistics" for the fused kernels
 # False for an editable install whose extension was built before the fused calls existed.
-_FUSED_BUILT = hasattr(sn_kernels._C, "fused_forward")
+_FUSED_BUILT = hasattr(sn_kernels._C, "fused_autograd")
 
 
 def _samples(x: Tensor) -> int:
@@ -142,32 +144,6 @@ class _SwitchNormFunction(torch.autograd.Function):
                 mixed, d_mean_in, d_var_in, bn_grads, batch_count, x.shape[2] * x.shape[3]
             )
             dx = sn_kernels.backward_dx(dy, x, mixed.mean_in, mixed.scale, a, b)
-        return dx, d_w, d_b, d_mw, d_vw, None, None
-
-
-class _FusedSwitchNormFunction(torch.autograd.Function):
-    """:class:`_SwitchNormFunction` as one compiled call per direction
-    (csrc/switch_norm_fused_cpu.cpp: the same compiled steps in the same order, so the same
-    bits), for a CPU float32/float64 layer whose BN term is local
-    (:meth:`SwitchNorm2d._runs_fused`). Saved for backward: x and (N, C)-sized tensors."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch: bool):
-        y, *state = layer._fused_forward(x, weight, bias, mean_weight, var_weight, use_batch)
-        ctx.save_for_backward(x)
-        # Samples behind batch BN moments; 0: no BN term, or it read the running statistics.
-        count = float(x.shape[0]) if use_batch and layer.using_bn else 0.0
-        ctx.state = (state, weight, count, layer.switch_probabilities)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        state, weight, count, probs = ctx.state
-        dx, d_w, d_b, d_mw, d_vw = sn_kernels._C.fused_backward(
-            dy, x, state, weight, count, probs, ctx.needs_input_grad[0]
-        )
         return dx, d_w, d_b, d_mw, d_vw, None, None
 
 
@@ -509,7 +485,7 @@ class SwitchNorm2d(nn.Module):
 
     @torch.jit.unused
     def _runs_fused(self, x: Tensor, params) -> bool:
-        """Whether this call takes :class:`_FusedSwitchNormFunction`: compiled CPU kernels
+        """Whether this call takes :meth:`_fused_forward`: compiled CPU kernels
         for ``x``, a non-empty input, a local BN term, and every tensor of ``x``'s dtype."""
         if not (FUSED_CPU and self._fusable and x.numel() > 0 and sn_kernels.on_cpu_kernels(x)):
             return False
@@ -524,26 +500,21 @@ class SwitchNorm2d(nn.Module):
         )
 
     @torch.jit.unused
-    def _fused_forward(self, x, weight, bias, mean_weight, var_weight, use_batch: bool):
-        """The compiled forward: [y, then the (N, C) state the fused backward takes]; with
-        ``use_batch`` it folds the batch BN moments into the running statistics (as _track)."""
+    def _fused_forward(
+        self, x, weight, bias, mean_weight, var_weight, use_batch: bool, grads: bool
+    ):
+        """y from the compiled kernels in one call: differentiable (a C++ autograd Function whose
+        backward is the fused backward) when ``grads``; with ``use_batch`` it folds the batch BN
+        moments into the running statistics (as _track)."""
         if self.using_bn:
             stats = (self.running_mean, self.running_var, self.num_batches_accumulated)
         else:
             stats = (_NO_TENSOR, _NO_TENSOR, _NO_TENSOR)
-        return sn_kernels._C.fused_forward(
-            x,
-            weight,
-            bias,
-            mean_weight,
-            var_weight,
-            self.eps,
-            *stats,
-            use_batch,
-            self.momentum,
-            self.using_moving_average,
-            self.switch_probabilities,
-        )
+        args = (x, weight, bias, mean_weight, var_weight, self.eps, *stats, use_batch)
+        settings = (self.momentum, self.using_moving_average, self.switch_probabilities)
+        if grads:
+            return sn_kernels._C.fused_autograd(*args, *settings)
+        return sn_kernels._C.fused_forward(*args, *settings)[0]
 
     @torch.jit.unused
     def _normalize(self, x: Tensor, params, use_batch: bool) -> Tensor:
@@ -552,9 +523,7 @@ class SwitchNorm2d(nn.Module):
             x.requires_grad or any(p.requires_grad for p in params)
         )
         if self._runs_fused(x, params):
-            if grads:
-                return _FusedSwitchNormFunction.apply(x, *params, self, use_batch)
-            return self._fused_forward(x, *params, use_batch)[0]
+            return self._fused_forward(x, *params, use_batch, grads)
         if torch.jit.is_tracing() or not grads:
             # Inference, or tracing (which records plain ops, not a Python autograd
             # Function): the same passes, no backward state to keep.

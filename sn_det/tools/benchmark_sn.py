@@ -116,11 +116,15 @@ def layer_factories(c, compiled=False):
 
 
 def saved_bytes(module, x):
-    """Bytes kept for backward by one training forward (each storage counted once)."""
+    """Bytes kept for backward by one training forward (each storage counted once), not
+    counting the module's own parameters and buffers, which exist with or without a step."""
+    own = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
     storages = {}
 
     def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            storages[ptr] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

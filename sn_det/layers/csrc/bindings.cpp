@@ -15,4 +15,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dx_coefficients", &dx_coefficients, "a, b of dx = dy * scale + (x - m) * a + b, BN-term gradient included");
   m.def("fused_forward", &fused_forward, "a whole SwitchNorm2d forward: y and the state for fused_backward");
   m.def("fused_backward", &fused_backward, "its backward: dx (or None), d_weight, d_bias, d_mean/var logits");
+  m.def("fused_autograd", &fused_autograd, "fused_forward's y, differentiable through fused_backward");
 }

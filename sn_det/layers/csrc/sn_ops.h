@@ -34,3 +34,10 @@ std::vector<at::Tensor> fused_forward(const at::Tensor& x, const at::Tensor& wei
                                       bool moving_average, bool probs);
 std::vector<at::Tensor> fused_backward(const at::Tensor& dy, const at::Tensor& x, const std::vector<at::Tensor>& state,
                                        const at::Tensor& weight, double count, bool probs, bool need_dx);
+// The two as one differentiable call (a C++ autograd Function): y, with fused_backward as its
+// backward. Not differentiable twice.
+at::Tensor fused_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                          const at::Tensor& mean_logits, const at::Tensor& var_logits, double eps,
+                          const at::Tensor& running_mean, const at::Tensor& running_var,
+                          const at::Tensor& num_batches, bool use_batch, double momentum, bool moving_average,
+                          bool probs);
