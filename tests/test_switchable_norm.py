@@ -386,14 +386,18 @@ def test_fused_cpu_path_without_an_input_gradient(monkeypatch):
 
 def test_fused_cpu_path_is_one_cpp_autograd_node_and_refuses_a_second_derivative():
     """A training forward on the fused path records one C++ autograd node (no Python between
-    forward and backward); differentiating its backward again is refused in one sentence, as
-    the staged path's once_differentiable Function refuses it."""
+    forward and backward). Under create_graph=True the first derivative works and equals the
+    plain one; differentiating it again is refused in one sentence, as the staged path's
+    once_differentiable Function does."""
     m = SwitchNorm2d(4)
     x = torch.randn(2, 4, 3, 3, requires_grad=True)
     y = m(x)
     assert y.grad_fn.name() == "torch::autograd::CppNode<sn_det::FusedSwitchNorm>"
+    (plain,) = torch.autograd.grad((y * y).sum(), x)
+    (first,) = torch.autograd.grad((m(x) * m(x)).sum(), x, create_graph=True)
+    assert torch.allclose(first, plain, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="cannot be differentiated again"):
-        torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        first.sum().backward()
 
 
 def test_fused_cpu_path_checks_saved_inputs_for_in_place_changes():

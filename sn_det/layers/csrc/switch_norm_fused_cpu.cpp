@@ -1,4 +1,5 @@
-// One call per direction for a SwitchNorm2d on the CPU (switchable_norm._FusedSwitchNormFunction).
+// One call per direction for a SwitchNorm2d on the CPU (SwitchNorm2d._fused_forward: fused_forward
+// without gradients, fused_autograd below with them).
 //
 // Why: at small and medium maps a layer step is paced by its fixed cost, not by the passes
 // over the data. The staged path (sn_kernels.py + sn_mixing.py) makes eight calls into this
@@ -18,6 +19,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 
 #include <vector>
 
@@ -143,15 +145,28 @@ struct FusedSwitchNorm : public torch::autograd::Function<FusedSwitchNorm> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    // The backward is compiled arithmetic, not torch ops autograd could record: a graph of it
-    // (create_graph=True, for a second derivative) would silently be empty. The staged path's
-    // Python Function is once_differentiable for the same reason.
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "SwitchNorm2d's backward cannot be differentiated again (create_graph=True is not supported)");
     const auto saved = ctx->get_saved_variables();
     const std::vector<at::Tensor> state(saved.begin() + 2, saved.end());
-    auto grads = fused_backward(grad_outputs[0], saved[0], state, saved[1], ctx->saved_data["count"].toDouble(),
-                                ctx->saved_data["probs"].toBool(), ctx->needs_input_grad(0));
+    const at::Tensor& dy = grad_outputs[0];
+    std::vector<at::Tensor> grads;
+    {
+      // Compiled arithmetic: nothing autograd could record, whatever create_graph says.
+      at::NoGradGuard no_grad;
+      grads = fused_backward(dy, saved[0], state, saved[1], ctx->saved_data["count"].toDouble(),
+                             ctx->saved_data["probs"].toBool(), ctx->needs_input_grad(0));
+    }
+    if (at::GradMode::is_enabled() && dy.requires_grad()) {
+      // create_graph=True: as Python's once_differentiable (the staged path's Function), the
+      // gradients come back differentiable through a node that refuses a second derivative
+      // when it is asked for one, rather than as constants whose graph would silently be empty.
+      variable_list fake;
+      for (const auto& g : grads) fake.push_back(g.defined() ? g.detach().requires_grad_(true) : at::Tensor());
+      grads = std::make_shared<torch::autograd::DelayedError>(
+                  "SwitchNorm2d's backward cannot be differentiated again (a second derivative of SN "
+                  "is not supported)",
+                  static_cast<int64_t>(fake.size()))
+                  ->apply(std::move(fake));
+    }
     variable_list result(13);  // one per forward input; undefined for the non-differentiable ones
     for (size_t i = 0; i < grads.size(); ++i) result[i] = grads[i];
     return result;
