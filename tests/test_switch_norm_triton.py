@@ -179,6 +179,32 @@ def test_eight_launches_per_training_step(monkeypatch):
     assert [o.get("enable_fp_fusion") for o in options] == [True] * 8, options
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_backward_state_goes_through_saved_tensor_hooks(mode):
+    """Everything the backward reads is a saved tensor: x, the four parameters and the (N, C)
+    state (plus the BN moments), so hooks see it, and gradients from the hooks' copies equal
+    the plain ones."""
+    layer = SwitchNorm2d(8).to(DEVICE).train(mode == "train")
+    x = torch.randn(2, 8, 5, 5, device=DEVICE, requires_grad=True)
+    dy = torch.randn(2, 8, 5, 5, device=DEVICE)
+    layer(x).backward(dy)
+    plain = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    packed = []
+
+    def pack(t):
+        packed.append(tuple(t.shape))
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    assert packed[0] == (2, 8, 5, 5) and len(packed) == 13, packed
+    y.backward(dy)
+    for a, b in zip(plain, [x.grad] + [p.grad for p in layer.parameters()]):
+        assert torch.equal(a, b)
+
+
 def _record_launches(monkeypatch, options=None):
     """[(kernel name, grid)] of every Triton launch from now on; ``options``, a list, gets the
     keyword arguments of each launch."""

@@ -759,7 +759,8 @@ class SwitchNormTritonFunction(torch.autograd.Function):
 
     ``layer`` supplies the settings (eps, momentum, modes) and the two hooks through which a
     synchronized layer shares the BN term: ``_pool_batch_moments`` and ``_reduce_bn_grads``.
-    Saved for backward: x and (N, C)-sized float32 tensors.
+    Saved for backward (all through save_for_backward): x, the parameters and (N, C)-sized
+    float32 tensors.
     """
 
     @staticmethod
@@ -845,20 +846,27 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             BLOCK_C=block_c, BLOCK_L=block_l,
             **_COMPILE_OPTIONS,
         )  # fmt: skip
-        ctx.save_for_backward(x, weight, mean_weight, var_weight)
-        # Small per-plane state: one attribute (ctx attribute access is not free).
-        ctx.state = (
-            layer, count, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
-            (block_c, block_l, n_splits, per_split),
+        if bn_mean is not None and count is None:
+            # Eval/frozen: the running statistics themselves. The interpreter would bump their
+            # version at the next launch that takes them, so it saves copies (see above).
+            bn_mean, bn_var = _interpreter_safe(bn_mean, bn_var)
+        # Everything backward reads is a saved tensor (None where absent): autograd checks
+        # versions and saved-tensor hooks (offloading, memory accounting) see the state.
+        ctx.save_for_backward(
+            x, weight, mean_weight, var_weight,
+            mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
         )  # fmt: skip
+        # One attribute (ctx attribute access is not free).
+        ctx.state = (layer, count, (block_c, block_l, n_splits, per_split))
         return y
 
     @staticmethod
     def _backward(ctx, dy):
-        x, weight, mean_weight, var_weight = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        x, weight, mean_weight, var_weight = saved[:4]
+        mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var = saved[4:]
         mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
-        (layer, count, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
-         tiles) = ctx.state  # fmt: skip
+        layer, count, tiles = ctx.state
         block_c, block_l, n_splits, per_split = tiles
         n, c, h, w = x.shape
         length = h * w
