@@ -73,3 +73,25 @@ def dispatched_ops(fn):
     with Record():
         fn()
     return seen
+
+
+def packed_by_saved_tensor_hooks(layer, x, dy):
+    """Shapes of the tensors a training (or eval) forward of ``layer`` saves for backward,
+    seen by autograd's saved-tensor hooks, after checking that a backward from the hooks'
+    copies gives exactly the plain gradients of x and the parameters."""
+    layer(x).backward(dy)
+    plain = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    packed = []
+
+    def pack(t):
+        packed.append(tuple(t.shape))
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    y.backward(dy)
+    for a, b in zip(plain, [x.grad] + [p.grad for p in layer.parameters()]):
+        assert torch.equal(a, b)
+    return packed
