@@ -406,26 +406,30 @@ def test_fused_cpu_path_is_one_cpp_autograd_node_and_refuses_a_second_derivative
         first.sum().backward()
 
 
-def test_fused_cpu_path_checks_saved_inputs_for_in_place_changes():
-    """x and weight are saved variables: changing one in place before backward is refused
-    by autograd (the gradient would be computed from the new values)."""
-    m = SwitchNorm2d(4)
+@pytest.mark.parametrize("changed", ["x", "weight", "running_var"])
+def test_cpu_paths_check_saved_inputs_for_in_place_changes(cpu_path, changed):
+    """Both CPU paths save what their backward reads as saved variables: changing x, the
+    weight, or (eval mode) the running statistics the BN term read, in place between forward
+    and backward is refused by autograd rather than giving the gradient of other values."""
+    m = SwitchNorm2d(4).train(changed != "running_var")
     x = torch.randn(2, 4, 3, 3, requires_grad=True)
     y = m(x)
     with torch.no_grad():
-        m.weight.mul_(2)
+        {"x": x, "weight": m.weight, "running_var": m.running_var}[changed].mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
 
 
-def test_fused_cpu_path_saves_through_saved_tensor_hooks():
-    """Everything the fused backward reads goes through autograd's saved-tensor hooks (what
-    offloading and memory accounting use): x, weight and the 11 state tensors; gradients
-    from copies made by the hooks equal the plain ones."""
-    m = make_layer(6).float()
+@pytest.mark.parametrize("training", [True, False])
+def test_cpu_paths_save_through_saved_tensor_hooks(cpu_path, training):
+    """Everything either CPU backward reads goes through autograd's saved-tensor hooks (what
+    offloading and memory accounting use): x, the weight and the 11 (N, C)-or-smaller state
+    tensors; gradients from copies made by the hooks equal the plain ones."""
+    m = make_layer(6).float().train(training)
     x = torch.randn(2, 6, 4, 4, requires_grad=True)
     packed = packed_by_saved_tensor_hooks(m, x, torch.randn(2, 6, 4, 4))
-    assert packed[:2] == [(2, 6, 4, 4), (6,)] and len(packed) == 13, packed
+    assert packed[0] == (2, 6, 4, 4) and (6,) in packed and len(packed) == 13, packed
+    assert all(torch.Size(s).numel() <= 2 * 6 for s in packed[1:]), packed
 
 
 def test_which_layers_run_fused():

@@ -23,6 +23,7 @@ from torch.autograd.function import once_differentiable
 
 from . import sn_kernels
 from .sn_mixing import (
+    Mixed,
     batch_moments,
     batch_moments_ops,
     dx_coefficients,
@@ -110,7 +111,9 @@ class _SwitchNormFunction(torch.autograd.Function):
     Backward: g_c = sum_hw(dy * (x - mean_in)) and g_shift = sum_hw(dy) (one pass), the
     analytic (N, C) backward of the mixing, then (one pass)
         dx = dy * scale + d(mean_in) / L + d(var_in) * 2 (x - mean_in) / (L - 1).
-    Saved for backward: x and (N, C)-sized tensors only.
+    Saved for backward (through save_for_backward, so that autograd's saved-tensor hooks see
+    them and an in-place change of x, the weight or the running statistics an eval-mode BN term
+    read is refused): x and the (N, C)-sized state of the mixing.
     """
 
     @staticmethod
@@ -121,16 +124,19 @@ class _SwitchNormFunction(torch.autograd.Function):
         )
         # A fresh 4-d tensor (not a view): callers apply relu_ to it in place.
         y = sn_kernels.affine(x, mixed.mean, mixed.scale, mixed.bias)
-        ctx.save_for_backward(x)
+        # The Mixed fields in order, bias left out (the backward never reads it); None entries
+        # (no BN term) are kept as None by save_for_backward.
+        ctx.save_for_backward(x, *mixed[:-2])
         # One attribute: every ctx attribute access goes through Function.__getattribute__.
-        ctx.state = (mixed, layer, batch_count)
+        ctx.state = (layer, batch_count, mixed.probs)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        mixed, layer, batch_count = ctx.state
+        x, *state = ctx.saved_tensors
+        layer, batch_count, probs = ctx.state
+        mixed = Mixed(*state, None, probs)
         g_shift, g_c = sn_kernels.backward_reduce(dy, x, mixed.mean_in)
         d_mean_in, d_var_in, d_w, d_b, d_mw, d_vw, d_mean_bn, d_var_bn = mix_backward(
             mixed, g_c, g_shift
