@@ -293,6 +293,68 @@ def test_unsupported_layouts_and_dtypes_are_declined():
     assert not switch_norm_triton.supports(x[:, :, ::2, :])  # no single stride does
 
 
+@pytest.mark.parametrize("case", ["every other column", "gradient in channels_last"])
+def test_other_layouts_give_the_numbers_of_contiguous_tensors(case):
+    """Each tensor is walked by its own strides: an input that is one strided walk per plane
+    but not dense (its output and dx are dense, so their strides differ from the input's),
+    and an output gradient in another layout than the input, give exactly what contiguous
+    tensors give."""
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(2, 6, 5, 8, generator=g).to(DEVICE)
+    dy = torch.randn(2, 6, 5, 4, generator=g).to(DEVICE)
+    if case == "every other column":
+        x, dy_used = wide[:, :, :, ::2], dy
+        assert not x.is_contiguous() and switch_norm_triton.supports(x)
+    else:
+        x = wide[:, :, :, :4].contiguous()
+        dy_used = dy.contiguous(memory_format=torch.channels_last)
+    results = []
+    for x_in, dy_in in [(x, dy_used), (x.contiguous(), dy.contiguous())]:
+        layer = make_layer(6).float().to(DEVICE)
+        x_in = x_in.detach().requires_grad_(True)
+        y = layer(x_in)
+        y.backward(dy_in)
+        results.append([y, x_in.grad, layer.running_mean, layer.running_var])
+        results[-1] += [p.grad for p in layer.parameters()]
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "sizes", [(6, 6, 5, 5, 2), (64, 32, 3), (33,), (31, 1, 96, 2), (2 * 256, 256, 256, 2, 2)]
+)
+def test_work_buffers_are_aligned_pieces_of_one_allocation(sizes):
+    """The float32 work buffers of a direction come from one allocation, each piece of its
+    exact size at a multiple of 128 bytes from the start (Triton specializes pointers on
+    16-byte alignment, as a fresh allocation has it), none overlapping another."""
+    pieces = switch_norm_triton._carve(switch_norm_triton._layout(*sizes), torch.device("cpu"))
+    assert [p.numel() for p in pieces] == list(sizes)
+    base = pieces[0].untyped_storage().data_ptr()
+    offsets = [(p.data_ptr() - base) // 4 for p in pieces]
+    assert all(p.untyped_storage().data_ptr() == base for p in pieces)
+    assert all(o % 32 == 0 for o in offsets), offsets
+    assert all(o + n <= nxt for o, n, nxt in zip(offsets, sizes, offsets[1:])), offsets
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "every other column", "w=1"])
+def test_a_call_plan_holds_the_strides_of_its_tensors(layout):
+    """The per-shape plan (computed once, cached) has the input's walk strides and those of
+    the output empty_like gives, which differ from the input's for a non-dense input."""
+    x = torch.randn(2, 6, 5, 8)
+    x = {
+        "contiguous": x,
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "every other column": x[:, :, :, ::2],
+        "w=1": x[:, :, :, :1],
+    }[layout]
+    plan = switch_norm_triton._plan_of(x)
+    same_walk = torch.empty_strided(x.shape, x.stride())
+    assert plan is switch_norm_triton._plan_of(same_walk)  # computed once per shape, strides
+    assert plan.x_strides == switch_norm_triton._plane_strides(x)
+    assert plan.y_strides == switch_norm_triton._plane_strides(torch.empty_like(x))
+    assert switch_norm_triton._plan_of(torch.randn(2, 4, 6, 6)[:, :, ::2, :]) is None
+
+
 def test_bfloat16_goes_to_the_kernels_from_sm80_only():
     supported = switch_norm_triton.dtype_supported
     assert supported(torch.bfloat16, None)  # CPU tensors: the interpreter

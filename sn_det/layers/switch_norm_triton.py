@@ -31,7 +31,8 @@ Triton 3.x.
 
 import contextlib
 import functools
-from typing import Optional, Tuple
+import operator
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -77,7 +78,7 @@ def _multiprocessors(index: int) -> int:
 def supports(x: Tensor) -> bool:
     """Whether this implementation handles ``x`` (dtype and a layout it can stride through)."""
     capability = _capability(x.device.index) if x.is_cuda else None
-    return dtype_supported(x.dtype, capability) and x.dim() == 4 and _plane_strides(x) is not None
+    return dtype_supported(x.dtype, capability) and x.dim() == 4 and _plan_of(x) is not None
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -691,8 +692,13 @@ def _backward_dx_kernel(
 def _plane_strides(t: Tensor) -> Optional[Tuple[int, int, int]]:
     """(n, c, l) strides of the (N, C, H*W) view of a 4-d tensor, or None if H and W do not
     merge into one strided dimension (neither contiguous nor channels_last)."""
-    s_n, s_c, s_h, s_w = t.stride()
-    h, w = t.shape[2], t.shape[3]
+    return _merged_strides(t.shape, t.stride())
+
+
+def _merged_strides(shape, strides) -> Optional[Tuple[int, int, int]]:
+    """:func:`_plane_strides` of a tensor of this shape and these strides."""
+    s_n, s_c, s_h, s_w = strides
+    h, w = shape[2], shape[3]
     if w == 1:
         return s_n, s_c, s_h if h > 1 else 1
     if h == 1 or s_h == s_w * w:
@@ -715,12 +721,20 @@ def _plane_tile(c: int, length: int, channels_fast: bool) -> Tuple[int, int]:
     return block_c, block_l
 
 
+def _target_programs(device: torch.device) -> int:
+    """Programs the plane passes aim for on ``device`` (read at each call: the compile check
+    sets INTERPRETER_TARGET_PROGRAMS to a GPU's count)."""
+    if device.type == "cuda":
+        return _PROGRAMS_PER_SM * _multiprocessors(device.index)
+    return INTERPRETER_TARGET_PROGRAMS
+
+
 def _splits(x: Tensor, planes_programs: int, chunks: int) -> Tuple[int, int]:
-    """(number of splits S, chunks per split) along L for the plane reductions."""
-    if x.is_cuda:
-        target = _PROGRAMS_PER_SM * _multiprocessors(x.device.index)
-    else:
-        target = INTERPRETER_TARGET_PROGRAMS
+    """(number of splits S, chunks per split) along L for the plane reductions of ``x``."""
+    return _split_counts(_target_programs(x.device), planes_programs, chunks)
+
+
+def _split_counts(target: int, planes_programs: int, chunks: int) -> Tuple[int, int]:
     want = max(1, min(chunks, -(-target // planes_programs)))
     per_split = -(-chunks // want)
     return -(-chunks // per_split), per_split
@@ -735,6 +749,103 @@ def _small_tile(n: int, c: int, along_n: bool) -> Tuple[int, int]:
     if along_n:
         return min(_next_pow2(n), 64), min(_next_pow2(c), 32)
     return min(_next_pow2(n), 8), min(_next_pow2(c), 128)
+
+
+# Work buffers are carved from one allocation per direction (a CUDA allocation costs the host
+# a few microseconds, and a layer step made 18 of them); each part starts at a multiple of
+# this many float32 elements, 128 bytes, as a fresh allocation would: Triton specializes
+# pointer arguments on 16-byte alignment.
+_ALIGN = 32
+
+
+def _layout(*sizes: int) -> Tuple[Tuple[int, ...], Callable]:
+    """How :func:`_carve` cuts one allocation into tensors of ``sizes``, each at an aligned
+    offset: the split sizes (the pieces, and pads where a piece's end is not aligned) and a
+    function that picks the pieces out of the split."""
+    split, keep = [], []
+    for i, size in enumerate(sizes):
+        keep.append(len(split))
+        split.append(size)
+        if -size % _ALIGN and i < len(sizes) - 1:
+            split.append(-size % _ALIGN)
+    if len(keep) == 1:  # itemgetter of one index would return the piece, not a tuple
+        return tuple(split), lambda parts: parts[:1]
+    return tuple(split), operator.itemgetter(*keep)
+
+
+def _carve(layout: Tuple[Tuple[int, ...], Callable], device: torch.device) -> Tuple[Tensor, ...]:
+    """Uninitialised 1-d float32 tensors, views of one allocation, as :func:`_layout` says.
+    (Splitting costs the host about a microsecond a view: pieces are few, and pads only
+    where needed.)"""
+    split, pick = layout
+    return pick(torch.empty(sum(split), device=device, dtype=torch.float32).split_with_sizes(split))
+
+
+class _Plan(NamedTuple):
+    """What a layer call's host work depends on besides its data: tiles, grids, strides and
+    the layout of the float32 work buffers, a function of the input's shape, strides and
+    device only. Computed once per such input by :func:`_plan`."""
+
+    x_strides: Tuple[int, int, int]  # (n, c, l) strides of the input
+    y_strides: Tuple[int, int, int]  # of empty_like(input): the output's and dx's
+    block_c: int  # the plane passes' tile (BLOCK_C, BLOCK_L)
+    block_l: int
+    n_splits: int  # S, splits along L of the plane reductions, per_split chunks each
+    per_split: int
+    span: int  # positions per split, per_split * BLOCK_L
+    split_grid: Tuple[int, int]  # (n * channel blocks, S): the plane reductions
+    elem_grid: Tuple[int]  # the elementwise passes (affine, dx)
+    cols_grid: Tuple[int]  # the (N, C) kernels reducing over samples, and their tile
+    cols_tile: Tuple[int, int]
+    rows_grid: Tuple[int]  # those reducing over channels, and their tile
+    rows_tile: Tuple[int, int]
+    # _layout()s of the work buffers. Forward, temporary: part_mean, part_m2 (S * NC each).
+    # Forward, saved: mean_in, var_in, mu, scale, rstd (NC), bn_mean, bn_var (C), ln_mean,
+    # ln_var (N). Backward: g_shift, g_c (S * NC), a, b (NC), d_mean_bn, d_var_bn (C), logit
+    # partials (6 C). The sizes that are rarely multiples of the alignment come last.
+    partials: Tuple[Tuple[int, ...], Callable]
+    state: Tuple[Tuple[int, ...], Callable]
+    grads: Tuple[Tuple[int, ...], Callable]
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(shape: torch.Size, strides: Tuple[int, ...], device: torch.device, target: int):
+    """The :class:`_Plan` of an (N, C, H, W) input (``target``: :func:`_target_programs`), or
+    None for strides the kernels cannot walk (H and W not mergeable)."""
+    x_strides = _merged_strides(shape, strides)
+    if x_strides is None:
+        return None
+    n, c, h, w = shape
+    length, nc = h * w, n * c
+    # The layout empty_like gives the output, found once on a tensor without storage.
+    y = torch.empty_like(torch.empty_strided(shape, strides, device="meta"))
+    block_c, block_l = _plane_tile(c, length, x_strides[1] == 1 and c > 1)
+    c_blocks = triton.cdiv(c, block_c)
+    n_splits, per_split = _split_counts(target, n * c_blocks, triton.cdiv(length, block_l))
+    cols_tile = _small_tile(n, c, along_n=True)
+    rows_tile = _small_tile(n, c, along_n=False)
+    return _Plan(
+        x_strides,
+        _merged_strides(shape, y.stride()),
+        block_c,
+        block_l,
+        n_splits,
+        per_split,
+        per_split * block_l,
+        (n * c_blocks, n_splits),
+        (n * c_blocks * triton.cdiv(length, block_l),),
+        (triton.cdiv(c, cols_tile[1]),),
+        cols_tile,
+        (triton.cdiv(n, rows_tile[0]),),
+        rows_tile,
+        _layout(n_splits * nc, n_splits * nc),
+        _layout(nc, nc, nc, nc, nc, c, c, n, n),
+        _layout(n_splits * nc, n_splits * nc, nc, nc, c, c, 6 * c),
+    )
+
+
+def _plan_of(x: Tensor) -> Optional[_Plan]:
+    return _plan(x.shape, x.stride(), x.device, _target_programs(x.device))
 
 
 def _interpreter_safe(*ts: Tensor):
@@ -785,30 +896,25 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         )
         n, c, h, w = x.shape
         length = h * w
-        x_strides = _plane_strides(x)
-        dev = x.device
-        f32 = dict(device=dev, dtype=torch.float32)
-        block_c, block_l = _plane_tile(c, length, x_strides[1] == 1 and c > 1)
-        c_blocks = triton.cdiv(c, block_c)
-        n_splits, per_split = _splits(x, n * c_blocks, triton.cdiv(length, block_l))
-        span = per_split * block_l
-        part_mean = torch.empty((n_splits, n * c), **f32)
-        part_m2 = torch.empty((n_splits, n * c), **f32)
-        _plane_moments_kernel[(n * c_blocks, n_splits)](
-            x, part_mean, part_m2, n, c, length, *x_strides, span, per_split,
-            BLOCK_C=block_c, BLOCK_L=block_l,
+        plan = _plan_of(x)
+        part_mean, part_m2 = _carve(plan.partials, x.device)
+        _plane_moments_kernel[plan.split_grid](
+            x, part_mean, part_m2, n, c, length, *plan.x_strides, plan.span, plan.per_split,
+            BLOCK_C=plan.block_c, BLOCK_L=plan.block_l,
             **_COMPILE_OPTIONS,
         )  # fmt: skip
+        state = _carve(plan.state, x.device)
+        mean_in, var_in, mu, scale, rstd = state[:5]
+        ln_mean, ln_var = state[7:]
 
         k = 3 if layer.using_bn else 2
         count = None  # samples behind batch BN moments, None when the BN term is not the batch's
         bn_mean = bn_var = None
         if use_batch:
-            bn_mean, bn_var = torch.empty(c, **f32), torch.empty(c, **f32)
-            bn_n, bn_c = _small_tile(n, c, along_n=True)
-            _batch_stats_kernel[(triton.cdiv(c, bn_c),)](
-                part_mean, part_m2, bn_mean, bn_var, n, c, length, n_splits, span,
-                BLOCK_N=bn_n, BLOCK_C=bn_c,
+            bn_mean, bn_var = state[5:7]
+            _batch_stats_kernel[plan.cols_grid](
+                part_mean, part_m2, bn_mean, bn_var, n, c, length, plan.n_splits, plan.span,
+                BLOCK_N=plan.cols_tile[0], BLOCK_C=plan.cols_tile[1],
                 **_COMPILE_OPTIONS,
             )  # fmt: skip
             pooled, total = layer._pool_batch_moments((bn_mean.view(1, c), bn_var.view(1, c)), n)
@@ -821,29 +927,24 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         run_mean = layer.running_mean if layer.using_bn else bn_mean
         run_var = layer.running_var if layer.using_bn else bn_var
 
-        mean_in, var_in = torch.empty((n, c), **f32), torch.empty((n, c), **f32)
-        ln_mean, ln_var = torch.empty(n, **f32), torch.empty(n, **f32)
-        mu, scale, rstd = (torch.empty((n, c), **f32) for _ in range(3))
         dummy = mean_in  # pointer for arguments a constexpr branch never reads
-        row_n, row_c = _small_tile(n, c, along_n=False)
-        _mix_rows_kernel[(triton.cdiv(n, row_n),)](
+        _mix_rows_kernel[plan.rows_grid](
             part_mean, part_m2, weight, mean_weight, var_weight,
             dummy if bn_mean is None else bn_mean, dummy if bn_var is None else bn_var,
             dummy if run_mean is None else run_mean, dummy if run_var is None else run_var,
             mean_in, var_in, ln_mean, ln_var, mu, scale, rstd,
-            n, c, length, n_splits, span, layer.eps, layer.momentum,
+            n, c, length, plan.n_splits, plan.span, layer.eps, layer.momentum,
             K=k, PROBS=layer.switch_probabilities, UPDATE=update, MOVING=layer.using_moving_average,
-            BLOCK_N=row_n, BLOCK_C=row_c,
+            BLOCK_N=plan.rows_tile[0], BLOCK_C=plan.rows_tile[1],
             **_COMPILE_OPTIONS,
         )  # fmt: skip
         if update and not layer.using_moving_average:
             layer.num_batches_accumulated += 1
 
         y = torch.empty_like(x)  # keeps x's memory format (empty_like preserves it)
-        y_strides = _plane_strides(y)
-        _affine_kernel[(n * c_blocks * triton.cdiv(length, block_l),)](
-            x, y, mu, scale, bias, c, length, *x_strides, *y_strides,
-            BLOCK_C=block_c, BLOCK_L=block_l,
+        _affine_kernel[plan.elem_grid](
+            x, y, mu, scale, bias, c, length, *plan.x_strides, *plan.y_strides,
+            BLOCK_C=plan.block_c, BLOCK_L=plan.block_l,
             **_COMPILE_OPTIONS,
         )  # fmt: skip
         if bn_mean is not None and count is None:
@@ -857,7 +958,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
         )  # fmt: skip
         # One attribute (ctx attribute access is not free).
-        ctx.state = (layer, count, (block_c, block_l, n_splits, per_split))
+        ctx.state = (layer, count, plan)
         return y
 
     @staticmethod
@@ -866,41 +967,34 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         x, weight, mean_weight, var_weight = saved[:4]
         mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var = saved[4:]
         mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
-        layer, count, tiles = ctx.state
-        block_c, block_l, n_splits, per_split = tiles
+        layer, count, plan = ctx.state
         n, c, h, w = x.shape
         length = h * w
-        dy_strides = _plane_strides(dy)
+        # dy usually has the input's layout (the plan's strides); else it is walked by its own.
+        dy_strides = plan.x_strides if dy.stride() == x.stride() else _plane_strides(dy)
         if dy_strides is None:
             dy = dy.contiguous()
             dy_strides = _plane_strides(dy)
-        x_strides = _plane_strides(x)
-        f32 = dict(device=x.device, dtype=torch.float32)
         k = mean_weight.numel()
-        span = per_split * block_l
-        c_blocks = triton.cdiv(c, block_c)
 
-        g_shift = torch.empty((n_splits, n * c), **f32)
-        g_c = torch.empty((n_splits, n * c), **f32)
-        _backward_sums_kernel[(n * c_blocks, n_splits)](
-            dy, x, mean_in, g_shift, g_c, n, c, length, *x_strides, *dy_strides,
-            span, per_split, BLOCK_C=block_c, BLOCK_L=block_l,
+        g_shift, g_c, a, b, d_mean_bn, d_var_bn, logit_parts = _carve(plan.grads, x.device)
+        _backward_sums_kernel[plan.split_grid](
+            dy, x, mean_in, g_shift, g_c, n, c, length, *plan.x_strides, *dy_strides,
+            plan.span, plan.per_split, BLOCK_C=plan.block_c, BLOCK_L=plan.block_l,
             **_COMPILE_OPTIONS,
         )  # fmt: skip
 
         d_weight = torch.empty_like(weight)
         d_bias = torch.empty_like(weight)
-        d_mean_bn, d_var_bn = torch.empty(c, **f32), torch.empty(c, **f32)
-        logit_parts = torch.empty((6, c), **f32)
         dummy = mean_in
         bn_m = dummy if bn_mean is None else bn_mean
         bn_v = dummy if bn_var is None else bn_var
-        bn_n, bn_c = _small_tile(n, c, along_n=True)
-        _backward_cols_kernel[(triton.cdiv(c, bn_c),)](
+        _backward_cols_kernel[plan.cols_grid](
             g_shift, g_c, mean_in, var_in, ln_mean, ln_var, mu, scale, rstd,
             weight, mean_weight, var_weight, bn_m, bn_v, d_weight, d_bias, d_mean_bn, d_var_bn,
             logit_parts,
-            n, c, n_splits, K=k, PROBS=layer.switch_probabilities, BLOCK_N=bn_n, BLOCK_C=bn_c,
+            n, c, plan.n_splits, K=k, PROBS=layer.switch_probabilities,
+            BLOCK_N=plan.cols_tile[0], BLOCK_C=plan.cols_tile[1],
             **_COMPILE_OPTIONS,
         )  # fmt: skip
         bn_batch = count is not None
@@ -913,24 +1007,23 @@ class SwitchNormTritonFunction(torch.autograd.Function):
                 d_mean_bn, d_var_bn = d_mean_bn / count, d_var_bn / count
                 count = 1
 
-        a, b = torch.empty((n, c), **f32), torch.empty((n, c), **f32)
         d_mw, d_vw = torch.empty_like(mean_weight), torch.empty_like(var_weight)
-        row_n, row_c = _small_tile(n, c, along_n=False)
-        _backward_rows_kernel[(triton.cdiv(n, row_n),)](
+        _backward_rows_kernel[plan.rows_grid](
             g_shift, g_c, mean_in, ln_mean, mu, scale, rstd, weight, mean_weight, var_weight,
             bn_m, d_mean_bn, d_var_bn, logit_parts, a, b, d_mw, d_vw,
-            n, c, length, n_splits, float(count) if bn_batch else 1.0,
-            K=k, PROBS=layer.switch_probabilities, BN_BATCH=bn_batch, BLOCK_N=row_n, BLOCK_C=row_c,
+            n, c, length, plan.n_splits, float(count) if bn_batch else 1.0,
+            K=k, PROBS=layer.switch_probabilities, BN_BATCH=bn_batch,
+            BLOCK_N=plan.rows_tile[0], BLOCK_C=plan.rows_tile[1],
             **_COMPILE_OPTIONS,
         )  # fmt: skip
 
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            _backward_dx_kernel[(n * c_blocks * triton.cdiv(length, block_l),)](
+            dx = torch.empty_like(x)  # the output's layout: plan.y_strides
+            _backward_dx_kernel[plan.elem_grid](
                 dy, x, dx, mean_in, scale, a, b, c, length,
-                *x_strides, *dy_strides, *_plane_strides(dx),
-                BLOCK_C=block_c, BLOCK_L=block_l,
+                *plan.x_strides, *dy_strides, *plan.y_strides,
+                BLOCK_C=plan.block_c, BLOCK_L=plan.block_l,
                 **_COMPILE_OPTIONS,
             )  # fmt: skip
         return dx, d_weight, d_bias, d_mw, d_vw, None, None
