@@ -12,15 +12,17 @@
 #                  capture) and the SN layer tests (CUDA paths included)
 #   3. bench.md    tools/benchmark_sn.py --device cuda: layers vs cuDNN BN and GN (fp32,
 #                  AMP), and the Mask R-CNN R50-FPN step with FrozenBN/BN/GN/SN; bench.log
-#   4. seg.log     the SNSegmentation README command with MODEL.DEVICE cuda (mIoU)
-#   5. study.log   projects/NormStudy/study.py --device cuda at its tiny size (SN and SSN
+#   4. host.md     benchmarks/triton_host_time.py --device cuda: sn_det's own host time per
+#                  SN step (kernels stubbed out) beside GroupNorm's whole step
+#   5. seg.log     the SNSegmentation README command with MODEL.DEVICE cuda (mIoU)
+#   6. study.log   projects/NormStudy/study.py --device cuda at its tiny size (SN and SSN
 #                  at 1 and 8 images), study.md its table
-#   6. compiled.md tools/benchmark_sn.py --device cuda --compiled --skip-model: sn_det's
+#   7. compiled.md tools/benchmark_sn.py --device cuda --compiled --skip-model: sn_det's
 #                  Triton kernels against inductor's (SN under torch.compile) at three
 #                  shapes; compiled.log
 # The benchmark rewrites its table after each part, so a step cut short keeps what it finished.
-# Each step has its own time limit (GPU_CHECK_LIMITS="tests bench seg study compiled"
-# seconds, default 120 240 100 90 240), cut to what is left of GPU_CHECK_TOTAL (default
+# Each step has its own time limit (GPU_CHECK_LIMITS="tests bench host seg study compiled"
+# seconds, default 120 240 40 100 90 240), cut to what is left of GPU_CHECK_TOTAL (default
 # 570 s, inside one 600 s device call; a step with under 30 s left is skipped), and a failing
 # step does not stop the next; GPU_CHECK_STEPS="tests bench" runs a subset (e.g. to split
 # the checks over two calls). The exit status is the number of failed or skipped steps.
@@ -30,10 +32,10 @@ cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/sn_gpu}
 mkdir -p "$out"
 python=${PYTHON:-python3}
-read -r limit_tests limit_bench limit_seg limit_study limit_compiled \
-  <<<"${GPU_CHECK_LIMITS:-120 240 100 90 240}"
+read -r limit_tests limit_bench limit_host limit_seg limit_study limit_compiled \
+  <<<"${GPU_CHECK_LIMITS:-120 240 40 100 90 240}"
 total=${GPU_CHECK_TOTAL:-570}
-steps=" ${GPU_CHECK_STEPS:-tests bench seg study compiled} "
+steps=" ${GPU_CHECK_STEPS:-tests bench host seg study compiled} "
 if [[ -d .gpu_carry/site ]]; then
   export PYTHONPATH="$PWD/.gpu_carry/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -89,6 +91,7 @@ step tests "$limit_tests" "$out/tests.log" "$python" -m pytest -q -p no:cachepro
   --deselect tests/test_switchable_norm.py::test_compiled_cpu_kernels_are_built
 step bench "$limit_bench" "$out/bench.log" "$python" tools/benchmark_sn.py --device cuda \
   --out "$out/bench.md"
+step host "$limit_host" "$out/host.md" "$python" benchmarks/triton_host_time.py --device cuda
 step seg "$limit_seg" "$out/seg.log" "$python" projects/SNSegmentation/train_net.py \
   --config-file projects/SNSegmentation/configs/quick_schedules/deeplab_v3plus_R_50_sn_synth_demo.yaml \
   MODEL.DEVICE cuda OUTPUT_DIR /tmp/sn_gpu_seg

@@ -125,7 +125,7 @@ def test_gpu_scripts_are_executable_and_name_existing_files(script):
         text = f.read()
     assert text.startswith("#!/usr/bin/env bash\n") and "Usage" in text
     assert subprocess.run(["bash", "-n", path]).returncode == 0
-    named = re.findall(r"(?:tests|tools|projects)/[\w/.-]+\.(?:py|yaml)", text)
+    named = re.findall(r"(?:tests|tools|projects|benchmarks)/[\w/.-]+\.(?:py|yaml)", text)
     assert named or script == "gpu_carry.sh"
     for rel in named:
         assert os.path.exists(os.path.join(REPO, rel)), f"{script} names a missing {rel}"
@@ -170,9 +170,9 @@ def test_gpu_checks_fit_their_steps_into_the_total_time(tmp_path):
     proc = run("gpu_checks.sh", env=env)
     log = proc.stdout
     assert re.search(r"\[gpu-checks\] tests \(limit (31|30)s\) at [01]s", log), log
-    for name in ("bench", "seg", "study", "compiled"):
+    for name in ("bench", "host", "seg", "study", "compiled"):
         assert f"[gpu-checks] {name}: skipped, " in log, log
-    assert proc.returncode == 4, log  # the four skipped steps
+    assert proc.returncode == 5, log  # the five skipped steps
     assert "ran: -m pytest" in (out / "tests.log").read_text()
     env.update(GPU_CHECK_TOTAL="600", GPU_CHECK_STEPS="compiled")
     proc = run("gpu_checks.sh", env=env)

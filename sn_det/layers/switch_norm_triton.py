@@ -891,9 +891,9 @@ class SwitchNormTritonFunction(torch.autograd.Function):
     def _forward(ctx, x, weight, bias, mean_weight, var_weight, layer, use_batch: bool):
         # The kernels read the (C,)/(K,) parameters at stride 1.
         weight, bias = weight.contiguous(), bias.contiguous()
-        mean_weight, var_weight = _interpreter_safe(
-            mean_weight.contiguous(), var_weight.contiguous()
-        )
+        mean_weight, var_weight = mean_weight.contiguous(), var_weight.contiguous()
+        if not x.is_cuda:
+            mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
         n, c, h, w = x.shape
         length = h * w
         plan = _plan_of(x)
@@ -917,10 +917,14 @@ class SwitchNormTritonFunction(torch.autograd.Function):
                 BLOCK_N=plan.cols_tile[0], BLOCK_C=plan.cols_tile[1],
                 **_COMPILE_OPTIONS,
             )  # fmt: skip
-            pooled, total = layer._pool_batch_moments((bn_mean.view(1, c), bn_var.view(1, c)), n)
-            if pooled is not None:
-                bn_mean, bn_var = pooled[0].reshape(c), pooled[1].reshape(c)
-                count = total
+            if layer._fusable:  # SwitchNorm2d's own pooling: the identity, n samples
+                count = n
+            else:  # a synchronized layer's: the moments of all ranks
+                local = (bn_mean.view(1, c), bn_var.view(1, c))
+                pooled, total = layer._pool_batch_moments(local, n)
+                if pooled is not None:
+                    bn_mean, bn_var = pooled[0].reshape(c), pooled[1].reshape(c)
+                    count = total
         if layer.using_bn and count is None:  # eval, frozen: the running statistics
             bn_mean, bn_var = layer.running_mean, layer.running_var
         update = count is not None
@@ -966,7 +970,8 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         x, weight, mean_weight, var_weight = saved[:4]
         mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var = saved[4:]
-        mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
+        if not x.is_cuda:
+            mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
         layer, count, plan = ctx.state
         n, c, h, w = x.shape
         length = h * w
@@ -998,7 +1003,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             **_COMPILE_OPTIONS,
         )  # fmt: skip
         bn_batch = count is not None
-        if bn_batch:  # identity, or the sum over ranks for a synchronized layer
+        if bn_batch and not layer._fusable:  # a synchronized layer's: summed over ranks
             d_mean_bn, d_var_bn = layer._reduce_bn_grads(d_mean_bn.view(1, c), d_var_bn.view(1, c))
             d_mean_bn, d_var_bn = d_mean_bn.reshape(c), d_var_bn.reshape(c)
             if torch.is_tensor(count):  # a synchronized layer's count, left on the GPU

@@ -1,0 +1,53 @@
+"""benchmarks/triton_host_time.py: SN's Triton host path with no-op kernels, timed against
+GroupNorm and (A/B) another copy of switch_norm_triton.py. Runs in this process at a toy
+size; timings are not checked (a test cannot time reliably on a shared CPU)."""
+
+import importlib.util
+import os
+
+import pytest
+
+from tool_runner import REPO, one_sentence_exit_2
+
+pytest.importorskip("triton")
+SCRIPT = os.path.join(REPO, "benchmarks", "triton_host_time.py")
+CURRENT = os.path.join(REPO, "sn_det", "layers", "switch_norm_triton.py")
+
+
+def _main():
+    spec = importlib.util.spec_from_file_location("triton_host_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_times_both_copies_and_the_baseline(capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    _main()(["--shape", "2x32x4x4", "--rounds", "3", "--steps", "2", "--against", CURRENT])
+    assert torch.get_num_threads() == threads  # restored for the rest of this process
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.strip("|").split("|") for line in lines if line.startswith("| ")][1:]
+    assert [r[0].strip() for r in rows] == [
+        "SN (this checkout)", "SN (--against)", "GroupNorm(32), whole step"
+    ]  # fmt: skip
+    assert all(float(r[1]) > 0 for r in rows) and float(rows[2][2]) == 1.0
+    assert lines[-1].startswith("this checkout / --against: ")
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--shape", "2x30x4x4"], "multiple of 32"),
+        (["--shape", "2x32x4"], "give NxCxHxW"),
+        (["--rounds", "2"], "at least 3"),
+        (["--against", "/nonexistent/snt.py"], "no such file"),
+        (["--against", SCRIPT], "does not load as switch_norm_triton.py"),
+    ],
+)
+def test_bad_input_is_one_sentence(capsys, args, expected):
+    with pytest.raises(SystemExit) as e:
+        _main()([*args, "--rounds", "3"] if "--rounds" not in args else args)
+    captured = capsys.readouterr()
+    one_sentence_exit_2(e.value.code, captured.out + captured.err, expected)
