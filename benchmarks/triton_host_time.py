@@ -28,6 +28,8 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The checkout's sn_det, whether or not it is installed (the GPU machine runs it from here).
+sys.path.insert(0, os.path.dirname(HERE))
 
 
 class _NoLaunch:

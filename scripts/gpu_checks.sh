@@ -12,7 +12,7 @@
 #                  capture) and the SN layer tests (CUDA paths included)
 #   3. bench.md    tools/benchmark_sn.py --device cuda: layers vs cuDNN BN and GN (fp32,
 #                  AMP), and the Mask R-CNN R50-FPN step with FrozenBN/BN/GN/SN; bench.log
-#   4. host.md     benchmarks/triton_host_time.py --device cuda: sn_det's own host time per
+#   4. host.log    benchmarks/triton_host_time.py --device cuda: sn_det's own host time per
 #                  SN step (kernels stubbed out) beside GroupNorm's whole step
 #   5. seg.log     the SNSegmentation README command with MODEL.DEVICE cuda (mIoU)
 #   6. study.log   projects/NormStudy/study.py --device cuda at its tiny size (SN and SSN
@@ -91,7 +91,7 @@ step tests "$limit_tests" "$out/tests.log" "$python" -m pytest -q -p no:cachepro
   --deselect tests/test_switchable_norm.py::test_compiled_cpu_kernels_are_built
 step bench "$limit_bench" "$out/bench.log" "$python" tools/benchmark_sn.py --device cuda \
   --out "$out/bench.md"
-step host "$limit_host" "$out/host.md" "$python" benchmarks/triton_host_time.py --device cuda
+step host "$limit_host" "$out/host.log" "$python" benchmarks/triton_host_time.py --device cuda
 step seg "$limit_seg" "$out/seg.log" "$python" projects/SNSegmentation/train_net.py \
   --config-file projects/SNSegmentation/configs/quick_schedules/deeplab_v3plus_R_50_sn_synth_demo.yaml \
   MODEL.DEVICE cuda OUTPUT_DIR /tmp/sn_gpu_seg

@@ -155,10 +155,10 @@ def test_long_planes_split_across_programs(channels_last):
     parallel variances (INTERPRETER_TARGET_PROGRAMS makes this happen on small shapes)."""
     shape = (1, 2, 41, 53)  # 2173 positions: 3 chunks of 1024, not a multiple of the block
     x = torch.zeros(shape)
-    bc, bl = switch_norm_triton._plane_tile(2, 41 * 53, channels_last)
-    n_splits, _ = switch_norm_triton._splits(x, 1, -(-41 * 53 // bl))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     if not torch.cuda.is_available():
-        assert n_splits > 1
+        assert switch_norm_triton._plan_of(x).n_splits > 1
     errors = _run(shape, torch.float32, channels_last, offset=50.0)
     # The switch-logit gradients are small differences of terms carrying the offset: their
     # float32 error (~1e-4 here) is the only one above the plain float32 level.
@@ -317,6 +317,33 @@ def test_other_layouts_give_the_numbers_of_contiguous_tensors(case):
         results.append([y, x_in.grad, layer.running_mean, layer.running_var])
         results[-1] += [p.grad for p in layer.parameters()]
     for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["channels_last", "every other column"])
+def test_backward_walks_x_as_the_saved_tensor_hooks_return_it(case):
+    """Saved-tensor hooks may return x in another layout than the forward saw (a contiguous
+    copy, as save_on_cpu(pin_memory=True) makes of channels_last and non-dense tensors): the
+    backward walks the x it gets, and the gradients equal those without hooks."""
+    g = torch.Generator().manual_seed(4)
+    wide = torch.randn(2, 12, 5, 6, generator=g).to(DEVICE)
+    if case == "channels_last":
+        x = wide[:, :6].contiguous(memory_format=torch.channels_last)
+    else:
+        x = wide[:, ::2]  # one strided walk per plane, not dense
+    dy = torch.randn(x.shape, generator=g).to(DEVICE)
+    grads = []
+    for hooks in (False, True):
+        layer = make_layer(6).float().to(DEVICE)
+        x_in = x.detach().requires_grad_(True)
+        if hooks:
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t.contiguous(), lambda t: t):
+                y = layer(x_in)
+        else:
+            y = layer(x_in)
+        y.backward(dy)
+        grads.append([x_in.grad] + [p.grad for p in layer.parameters()])
+    for a, b in zip(*grads):
         assert torch.equal(a, b)
 
 

@@ -729,12 +729,9 @@ def _target_programs(device: torch.device) -> int:
     return INTERPRETER_TARGET_PROGRAMS
 
 
-def _splits(x: Tensor, planes_programs: int, chunks: int) -> Tuple[int, int]:
-    """(number of splits S, chunks per split) along L for the plane reductions of ``x``."""
-    return _split_counts(_target_programs(x.device), planes_programs, chunks)
-
-
 def _split_counts(target: int, planes_programs: int, chunks: int) -> Tuple[int, int]:
+    """(number of splits S, chunks per split) along L for the plane reductions, aiming at
+    ``target`` programs in all."""
     want = max(1, min(chunks, -(-target // planes_programs)))
     per_split = -(-chunks // want)
     return -(-chunks // per_split), per_split
@@ -917,7 +914,9 @@ class SwitchNormTritonFunction(torch.autograd.Function):
                 BLOCK_N=plan.cols_tile[0], BLOCK_C=plan.cols_tile[1],
                 **_COMPILE_OPTIONS,
             )  # fmt: skip
-            if layer._fusable:  # SwitchNorm2d's own pooling: the identity, n samples
+            # _fusable is per class: the class keeps SwitchNorm2d's pooling hooks, the identity
+            # with n samples (a SyncSwitchNorm2d calls its own, even with one process).
+            if layer._fusable:
                 count = n
             else:  # a synchronized layer's: the moments of all ranks
                 local = (bn_mean.view(1, c), bn_var.view(1, c))
@@ -962,7 +961,7 @@ class SwitchNormTritonFunction(torch.autograd.Function):
             mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var,
         )  # fmt: skip
         # One attribute (ctx attribute access is not free).
-        ctx.state = (layer, count, plan)
+        ctx.state = (layer, count)
         return y
 
     @staticmethod
@@ -972,10 +971,17 @@ class SwitchNormTritonFunction(torch.autograd.Function):
         mean_in, var_in, ln_mean, ln_var, mu, scale, rstd, bn_mean, bn_var = saved[4:]
         if not x.is_cuda:
             mean_weight, var_weight = _interpreter_safe(mean_weight, var_weight)
-        layer, count, plan = ctx.state
+        layer, count = ctx.state
         n, c, h, w = x.shape
         length = h * w
-        # dy usually has the input's layout (the plan's strides); else it is walked by its own.
+        # The plan of x as unpacked, not the forward's: saved-tensor hooks may give x back in
+        # another layout (save_on_cpu(pin_memory=True) returns contiguous copies, of
+        # channels_last or non-dense inputs too), and the passes walk it by its own strides.
+        plan = _plan_of(x)
+        if plan is None:  # a hook's copy that no single stride walks
+            x = x.contiguous()
+            plan = _plan_of(x)
+        # dy usually has x's layout (the plan's strides); else it is walked by its own.
         dy_strides = plan.x_strides if dy.stride() == x.stride() else _plane_strides(dy)
         if dy_strides is None:
             dy = dy.contiguous()
