@@ -100,14 +100,16 @@ class SyncSwitchNorm2d(SwitchNorm2d):
         # The dtype must agree on all ranks, including those without samples: the buffers'
         # (float64 for a float64 layer), at least float32.
         dtype = torch.promote_types(self.running_mean.dtype, torch.float32)
-        packed = self.running_mean.new_zeros(2 * c + 1, dtype=dtype)
-        if local is not None:
-            packed[0] = count
-            packed[1 : c + 1] = local[0].reshape(c)
-            packed[c + 1 :] = local[1].reshape(c) * count
-        gathered = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(gathered, packed, group=group)
-        stacked = torch.stack(gathered)  # (world, 2C + 1)
+        if local is None:
+            packed = self.running_mean.new_zeros(2 * c + 1, dtype=dtype)
+        else:  # three small kernels on a GPU (a fill, a product, a concatenation)
+            mean, var = local[0].reshape(c).to(dtype), local[1].reshape(c).to(dtype)
+            packed = torch.cat([mean.new_full((1,), count), mean, var * count])
+        # Into one tensor: no per-rank outputs to copy out and stack again.
+        world = dist.get_world_size(group)
+        stacked = packed.new_empty(world * (2 * c + 1))
+        dist.all_gather_into_tensor(stacked, packed, group=group)
+        stacked = stacked.view(world, 2 * c + 1)
         counts, means, m2 = stacked[:, :1], stacked[:, 1 : c + 1], stacked[:, c + 1 :]
         samples = counts.sum()
         if local is not None:
