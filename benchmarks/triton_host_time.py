@@ -11,8 +11,10 @@ copies the interpreter needs, so the absolute figure differs from a GPU host's).
 
 Baseline in the same run, interleaved: torch's GroupNorm(32) forward + backward at the same
 shape on the same device (its whole step, kernels included; on a GPU at this shape that is
-also almost all host time). With --against, a second copy of switch_norm_triton.py is timed
-too, interleaved, for A/B comparisons of a change:
+also almost all host time). On a GPU the real SN step is timed too, so that the rest of the
+host pace (Triton's launcher, and kernels that outlast the host) is the difference of the
+two SN rows. With --against, a second copy of switch_norm_triton.py is timed too,
+interleaved, for A/B comparisons of a change:
 
   git show HEAD~1:sn_det/layers/switch_norm_triton.py > /tmp/old_snt.py
   .venv/bin/python benchmarks/triton_host_time.py --against /tmp/old_snt.py
@@ -73,7 +75,12 @@ def main(argv=None):
         parser.error("--rounds must be at least 3 and --steps at least 1")
     if args.against and not os.path.isfile(args.against):
         parser.error(f"--against {args.against}: no such file")
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N)")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: this timing runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no CUDA GPU is available")
     try:
@@ -84,15 +91,19 @@ def main(argv=None):
         sys.exit(f"error: {e}; run this with the project's .venv (torch's wheels bring triton)")
 
     current = os.path.join(HERE, "..", "sn_det", "layers", "switch_norm_triton.py")
-    paths = {"SN (this checkout)": current}
+    paths = {"SN (this checkout), kernels stubbed": current}
     if args.against:
-        paths["SN (--against)"] = args.against
+        paths["SN (--against), kernels stubbed"] = args.against
     functions = {}
     for i, (k, path) in enumerate(paths.items()):
         try:
             functions[k] = load_stubbed(path, f"_snt_{i}").SwitchNormTritonFunction
         except Exception as e:  # a file that is not a switch_norm_triton.py: say which
             parser.error(f"{path} does not load as switch_norm_triton.py ({type(e).__name__}: {e})")
+    if device.type == "cuda":  # the whole host pace: sn_det's part, Triton's launcher, kernels
+        from sn_det.layers.switch_norm_triton import SwitchNormTritonFunction
+
+        functions["SN (this checkout), real kernels"] = SwitchNormTritonFunction
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # host work is single-threaded; keep the baseline so too
     try:
@@ -133,7 +144,7 @@ def _time(functions, paths, shape, device, args):
                 times[k].append((time.perf_counter() - t) / args.steps * 1e6)
     base = statistics.median(times["GroupNorm(32), whole step"])
     print(f"shape {shape} on {device}, torch {torch.__version__}; medians of {args.rounds} "
-          f"interleaved rounds of {args.steps} steps; SN kernels are no-ops")  # fmt: skip
+          f"interleaved rounds of {args.steps} steps")  # fmt: skip
     print("| step | us/step | vs GroupNorm |")
     print("|---|---|---|")
     for k, v in times.items():

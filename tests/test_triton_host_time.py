@@ -30,8 +30,10 @@ def test_times_both_copies_and_the_baseline(capsys):
     lines = capsys.readouterr().out.splitlines()
     rows = [line.strip("|").split("|") for line in lines if line.startswith("| ")][1:]
     assert [r[0].strip() for r in rows] == [
-        "SN (this checkout)", "SN (--against)", "GroupNorm(32), whole step"
-    ]  # fmt: skip
+        "SN (this checkout), kernels stubbed",
+        "SN (--against), kernels stubbed",
+        "GroupNorm(32), whole step",
+    ]
     assert all(float(r[1]) > 0 for r in rows) and float(rows[2][2]) == 1.0
     assert lines[-1].startswith("this checkout / --against: ")
 
@@ -44,6 +46,8 @@ def test_times_both_copies_and_the_baseline(capsys):
         (["--rounds", "2"], "at least 3"),
         (["--against", "/nonexistent/snt.py"], "no such file"),
         (["--against", SCRIPT], "does not load as switch_norm_triton.py"),
+        (["--device", "gpu0"], "is not a device"),
+        (["--device", "meta"], "runs on cpu or cuda"),
     ],
 )
 def test_bad_input_is_one_sentence(capsys, args, expected):
