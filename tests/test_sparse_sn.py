@@ -2,6 +2,7 @@
 layers, their registration and checkpoints, and a short training run whose choices must end
 one-hot."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from sn_det.layers import SwitchNorm2d, get_norm
+from sn_det.layers import get_norm
 from sn_det.projects.sparse_sn import (
     SparseSwitchNorm2d,
     SyncSparseSwitchNorm2d,
@@ -27,6 +28,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT = os.path.join(
     REPO, "projects", "SparseSN", "configs", "quick_schedules", "mask_rcnn_ssn_instant_test.yaml"
 )
+
+
+SPARSESTMAX = importlib.import_module("sn_det.projects.sparse_sn.sparsestmax")
+
+
+@pytest.fixture(params=["host", "torch ops"])
+def implementation(request, monkeypatch):
+    """Both implementations of sparsestmax: on the host (CPU tensors) and in torch ops (GPU,
+    tracing, torch.compile)."""
+    monkeypatch.setattr(SPARSESTMAX, "HOST_ON_CPU", request.param == "host")
+    return request.param
 
 
 # ------------------------------------------------------------------ plain references
@@ -79,7 +91,7 @@ def test_sparsemax_matches_the_bisection_reference(z):
 
 
 @pytest.mark.parametrize("z,r", CASES)
-def test_sparsestmax_is_the_nearest_admissible_point(z, r):
+def test_sparsestmax_is_the_nearest_admissible_point(z, r, implementation):
     z = torch.tensor(z, dtype=torch.double)
     p = sparsestmax(z, r)
     assert abs(float(p.sum()) - 1) < 1e-12 and (p >= 0).all()
@@ -90,7 +102,7 @@ def test_sparsestmax_is_the_nearest_admissible_point(z, r):
 
 
 @pytest.mark.parametrize("z", [[0.3, 0.2, 0.1], [0.9, -0.4, 0.2], [0.5, 0.1]])
-def test_radius_zero_is_sparsemax_and_the_vertex_radius_is_one_hot(z):
+def test_radius_zero_is_sparsemax_and_the_vertex_radius_is_one_hot(z, implementation):
     z = torch.tensor(z, dtype=torch.double)
     assert torch.equal(sparsestmax(z, 0.0), sparsemax(z))
     p = sparsestmax(z, vertex_radius(len(z)))
@@ -98,9 +110,51 @@ def test_radius_zero_is_sparsemax_and_the_vertex_radius_is_one_hot(z):
 
 
 @pytest.mark.parametrize("z,r", [c for c in CASES if c[0] != [1.0, 1.0, 0.0]])
-def test_sparsestmax_gradient(z, r):
+def test_sparsestmax_gradient(z, r, implementation):
     z = torch.tensor(z, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: sparsestmax(v, r), (z,))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_host_and_torch_ops_implementations_agree(k, dtype, monkeypatch):
+    """Same values and gradients from both, over random logits and radii that reach every
+    case (unchanged, pushed radially, onto an edge, one-hot), ties and equal logits included."""
+    g = torch.Generator().manual_seed(k)
+    cases = [(torch.randn(k, generator=g), float(torch.rand((), generator=g))) for _ in range(60)]
+    cases += [(torch.ones(k), 0.3), (torch.tensor([1.0, 1.0, 0.0][:k]), 0.5)]
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    for z, r in cases:
+        r = r * vertex_radius(k)
+        dy = torch.randn(k, generator=g, dtype=dtype)
+        results = []
+        for host in (True, False):
+            monkeypatch.setattr(SPARSESTMAX, "HOST_ON_CPU", host)
+            zi = z.to(dtype).requires_grad_(True)
+            q = sparsestmax(zi, r)
+            q.backward(dy)
+            results.append((q.detach(), zi.grad))
+        (q_host, g_host), (q_ops, g_ops) = results
+        assert q_host.dtype == dtype and torch.allclose(q_host, q_ops, rtol=0, atol=tol), (z, r)
+        assert torch.allclose(g_host, g_ops, rtol=0, atol=100 * tol), (z, r, g_host, g_ops)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_equal_float32_logits_stay_at_the_centre(k, implementation):
+    """Equal logits have no direction to push along: the output is the centre, on the simplex.
+    (In float32 sparsemax lands ~2e-8 off the centre along (1, ..., 1); pushing along that
+    once gave 0.19 three times, summing to 0.58.)"""
+    p = sparsestmax(torch.ones(k), 0.4)
+    assert torch.allclose(p, torch.full((k,), 1.0 / k)) and abs(float(p.sum()) - 1) < 1e-6
+
+
+def test_the_host_implementation_refuses_a_second_derivative(monkeypatch):
+    monkeypatch.setattr(SPARSESTMAX, "HOST_ON_CPU", True)
+    z = torch.tensor([0.3, 0.2, 0.1], dtype=torch.double, requires_grad=True)
+    q = sparsestmax(z, 0.3)
+    (first,) = torch.autograd.grad((q * q).sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        first.sum().backward()
 
 
 # ------------------------------------------------------------------ the layer
@@ -141,7 +195,9 @@ def test_layer_gradcheck_through_sparsestmax():
 
 
 @pytest.mark.parametrize("z", [[0.3, 0.2, 0.1], [0.9, -0.4, 0.2], [0.5, 0.1]])
-def test_sparsestmax_and_the_layer_forward_never_wait_for_the_device(z):
+def test_sparsestmax_and_the_layer_forward_never_wait_for_the_device(z, monkeypatch):
+    # What a GPU runs: the torch-ops implementation (the host one is for CPU tensors).
+    monkeypatch.setattr(SPARSESTMAX, "HOST_ON_CPU", False)
     z = torch.tensor(z, requires_grad=True)
     assert not dispatched_ops(lambda: sparsestmax(z, 0.6).sum().backward()) & HOST_SYNC_OPS
     m = _ssn(4, radius=0.5).float()
