@@ -53,7 +53,7 @@ def main(argv=None):
     ssn = layers["Sparse SN"]
     with torch.no_grad():  # mid-schedule, logits apart: the radial push is taken
         ssn.radius.fill_(0.3)
-        ssn.mean_weight.copy_(torch.tensor([1.0, 0.8, 0.5]))
+        ssn.mean_weight.copy_(torch.tensor([1.0, 0.9, 0.7]))
         ssn.var_weight.copy_(torch.tensor([0.6, 1.0, 0.7]))
     x = torch.randn(shape, requires_grad=True)
     dy = torch.randn(shape)

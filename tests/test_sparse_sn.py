@@ -119,7 +119,9 @@ def test_sparsestmax_gradient(z, r, implementation):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_host_and_torch_ops_implementations_agree(k, dtype, monkeypatch):
     """Same values and gradients from both, over random logits and radii that reach every
-    case (unchanged, pushed radially, onto an edge, one-hot), ties and equal logits included."""
+    case (unchanged, pushed radially, onto an edge, one-hot), ties and equal logits included.
+    (Away from near-ties: at logits one float32 ulp apart the edge case picks a side by
+    rounding, and the two forms may pick different sides.)"""
     g = torch.Generator().manual_seed(k)
     cases = [(torch.randn(k, generator=g), float(torch.rand((), generator=g))) for _ in range(60)]
     cases += [(torch.ones(k), 0.3), (torch.tensor([1.0, 1.0, 0.0][:k]), 0.5)]
@@ -146,6 +148,33 @@ def test_equal_float32_logits_stay_at_the_centre(k, implementation):
     once gave 0.19 three times, summing to 0.58.)"""
     p = sparsestmax(torch.ones(k), 0.4)
     assert torch.allclose(p, torch.full((k,), 1.0 / k)) and abs(float(p.sum()) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("z", [[0.5, 0.0, 0.0], [2.0, 1.0, 1.0]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_hot_at_the_vertex_radius_has_no_gradient(z, dtype, implementation):
+    """The two smaller logits tied: at the vertex radius the radial push lands exactly on the
+    vertex, where the output is one-hot whatever the logits nearby, so the gradient is 0."""
+    z = torch.tensor(z, dtype=dtype, requires_grad=True)
+    r = torch.tensor(vertex_radius(3)).to(torch.float32).to(dtype)  # a layer's float32 radius
+    q = sparsestmax(z, r)
+    q.backward(torch.tensor([0.3, 1.0, -0.5], dtype=dtype))
+    assert q.tolist() == [1.0, 0.0, 0.0] and z.grad.abs().max() == 0, (q, z.grad)
+
+
+def test_tracing_and_transforms_take_the_torch_ops_form(monkeypatch):
+    """The host form is plain eager only: make_fx records the computation (not a constant)
+    and torch.func's jacrev differentiates it, with HOST_ON_CPU on."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.func import jacrev
+
+    monkeypatch.setattr(SPARSESTMAX, "HOST_ON_CPU", True)
+    z = torch.tensor([0.3, 0.2, 0.1], dtype=torch.double)
+    traced = make_fx(lambda v: sparsestmax(v, 0.3))(z)
+    other = torch.tensor([0.0, 0.0, 5.0], dtype=torch.double)
+    assert torch.equal(traced(other), sparsestmax(other, 0.3))
+    jac = jacrev(lambda v: sparsestmax(v, 0.3))(z)
+    assert torch.allclose(jac, torch.autograd.functional.jacobian(lambda v: sparsestmax(v, 0.3), z))
 
 
 def test_the_host_implementation_refuses_a_second_derivative(monkeypatch):

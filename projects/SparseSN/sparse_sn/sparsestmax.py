@@ -75,9 +75,21 @@ def sparsestmax(z: Tensor, radius) -> Tensor:
     k = z.numel()
     if k not in (2, 3):
         raise ValueError(f"sparsestmax is defined here for 2 or 3 logits, got {k}")
-    if HOST_ON_CPU and z.is_cpu and not torch.jit.is_tracing() and not _is_compiling():
+    if HOST_ON_CPU and z.is_cpu and _plain_eager():
         return _HostSparsestmax.apply(z, float(radius))
     return _sparsestmax_ops(z, radius)
+
+
+def _plain_eager() -> bool:
+    """Whether this call runs as plain eager code: not traced (jit.trace, make_fx, fake
+    tensors and other dispatch modes record or replace ops, and would keep the host form's
+    result as a constant), not compiled, not inside a torch.func transform (vmap, grad)."""
+    return not (
+        torch.jit.is_tracing()
+        or _is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._are_functorch_transforms_active()
+    )
 
 
 def _sparsestmax_ops(z: Tensor, radius) -> Tensor:
@@ -116,7 +128,9 @@ def _sparsestmax_ops(z: Tensor, radius) -> Tensor:
     sign = torch.where(two[0] >= two[1], 1.0, -1.0).to(z.dtype)
     t = (half + sign * offset).clamp(0.0, 1.0)
     edge = torch.zeros_like(p).scatter(0, others, torch.stack([t, 1 - t]))
-    constrained = torch.where((pushed >= 0).all(), pushed, edge)
+    # A push that lands on the boundary (at the vertex radius with the two smaller logits
+    # tied, onto a vertex) is the edge case: there the output is constant in z.
+    constrained = torch.where((pushed > _TINY).all(), pushed, edge)
     return torch.where(inside & ~at_centre, constrained, p)
 
 
@@ -158,7 +172,7 @@ def _host_sparsestmax(z, r):
     if not (dist < r and max(p) - min(p) > _TINY):
         return p, jac
     pushed = [centre + r * v / dist for v in d]
-    if all(v >= 0 for v in pushed):
+    if all(v > _TINY for v in pushed):
         # q = u + r d / |d|: dq/dp = r / |d| (I - d d^T / |d|^2), then dp/dz.
         proj = [[r / dist * (float(i == j) - d[i] * d[j] / dist**2) for j in range(k)]
                 for i in range(k)]  # fmt: skip
@@ -183,7 +197,7 @@ class _HostSparsestmax(torch.autograd.Function):
     def forward(ctx, z, r: float):
         q, jac = _host_sparsestmax(z.tolist(), r)
         ctx.jac = jac
-        return torch.tensor(q, dtype=z.dtype)
+        return z.new_tensor(q)
 
     @staticmethod
     @once_differentiable
@@ -191,4 +205,4 @@ class _HostSparsestmax(torch.autograd.Function):
         g, jac = grad.tolist(), ctx.jac
         k = len(g)
         dz = [sum(g[i] * jac[i][j] for i in range(k)) for j in range(k)]
-        return torch.tensor(dz, dtype=grad.dtype), None
+        return grad.new_tensor(dz), None
