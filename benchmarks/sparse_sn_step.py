@@ -14,34 +14,27 @@ from the same run.
 import argparse
 import importlib
 import os
-import statistics
 import sys
 import time
 
 import torch
 
-# The checkout's sn_det and projects, whether or not it is installed.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The checkout's sn_det and projects, whether or not it is installed; bench_cli beside this.
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one sentence and exit 2, without argparse's usage block
-        self.exit(2, f"error: {message}\n")
+from bench_cli import Parser, parse_shape, print_medians, rotated  # noqa: E402
 
 
 def main(argv=None):
     """Run the timing; ``argv``: the arguments (default: the command line's)."""
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="2x256x8x8", help="NxCxHxW (default 2x256x8x8)")
     parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds (median)")
     parser.add_argument("--steps", type=int, default=50, help="back-to-back steps per round")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
-    try:
-        shape = tuple(int(v) for v in args.shape.lower().split("x"))
-        assert len(shape) == 4 and min(shape) > 0
-    except (ValueError, AssertionError):
-        parser.error(f"--shape {args.shape!r}: give NxCxHxW, positive")
+    shape = parse_shape(parser, args.shape)
     if args.rounds < 3 or args.steps < 1 or args.threads < 1:
         parser.error("--rounds must be at least 3, --steps and --threads at least 1")
 
@@ -68,7 +61,7 @@ def main(argv=None):
     try:
         items = list(runs.items())
         for r in range(args.rounds + 2):  # two warm-up rounds
-            for name, (m, on_host) in items[r % len(items) :] + items[: r % len(items)]:
+            for name, (m, on_host) in rotated(items, r):
                 impl.HOST_ON_CPU = on_host
                 t = time.perf_counter()
                 for _ in range(args.steps):
@@ -80,13 +73,9 @@ def main(argv=None):
     finally:  # main() also runs inside other programs (the tests)
         torch.set_num_threads(threads)
         impl.HOST_ON_CPU = host
-    base = statistics.median(times["SN"])
     print(f"shape {shape}, {args.threads} threads, torch {torch.__version__}; medians of "
           f"{args.rounds} interleaved rounds of {args.steps} steps")  # fmt: skip
-    print("| layer step | us/step | vs SN |")
-    print("|---|---|---|")
-    for name, v in times.items():
-        print(f"| {name} | {statistics.median(v):.0f} | {statistics.median(v) / base:.2f} |")
+    print_medians(times, "SN", "layer step")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The checkout's sn_det, whether or not it is installed (the GPU machine runs it from here).
-sys.path.insert(0, os.path.dirname(HERE))
+# The checkout's sn_det, whether or not it is installed (the GPU machine runs it from here);
+# bench_cli beside this.
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+
+from bench_cli import Parser, parse_shape, print_medians, rotated  # noqa: E402
 
 
 class _NoLaunch:
@@ -52,25 +55,16 @@ def load_stubbed(path, name):
     return module
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one sentence and exit 2, without argparse's usage block
-        self.exit(2, f"error: {message}\n")
-
-
 def main(argv=None):
     """Run the timing; ``argv``: the arguments (default: the command line's)."""
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="2x256x8x8", help="NxCxHxW (default 2x256x8x8)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (median)")
     parser.add_argument("--steps", type=int, default=50, help="back-to-back steps per round")
     parser.add_argument("--against", help="another switch_norm_triton.py to time (A/B)")
     args = parser.parse_args(argv)
-    try:
-        shape = tuple(int(v) for v in args.shape.lower().split("x"))
-        assert len(shape) == 4 and min(shape) > 0 and shape[1] % 32 == 0
-    except (ValueError, AssertionError):
-        parser.error(f"--shape {args.shape!r}: give NxCxHxW, positive, C a multiple of 32")
+    shape = parse_shape(parser, args.shape, channels_multiple=32)  # GroupNorm(32)
     if args.rounds < 3 or args.steps < 1:
         parser.error("--rounds must be at least 3 and --steps at least 1")
     if args.against and not os.path.isfile(args.against):
@@ -129,7 +123,7 @@ def _time(functions, paths, shape, device, args):
     times = {k: [] for k in steps}
     items = list(steps.items())
     for r in range(args.rounds + 2):  # two warm-up rounds
-        for k, step in items[r % len(items) :] + items[: r % len(items)]:  # rotating order
+        for k, step in rotated(items, r):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -142,13 +136,9 @@ def _time(functions, paths, shape, device, args):
                 torch.cuda.synchronize()
             if r >= 2:
                 times[k].append((time.perf_counter() - t) / args.steps * 1e6)
-    base = statistics.median(times["GroupNorm(32), whole step"])
     print(f"shape {shape} on {device}, torch {torch.__version__}; medians of {args.rounds} "
           f"interleaved rounds of {args.steps} steps")  # fmt: skip
-    print("| step | us/step | vs GroupNorm |")
-    print("|---|---|---|")
-    for k, v in times.items():
-        print(f"| {k} | {statistics.median(v):.0f} | {statistics.median(v) / base:.2f} |")
+    print_medians(times, "GroupNorm(32), whole step", "step")
     if args.against:
         a, b = (statistics.median(times[k]) for k in paths)
         print(f"this checkout / --against: {a / b:.2f}")

@@ -2,21 +2,17 @@
 refusals (timings are not checked: a test cannot time reliably on a shared CPU)."""
 
 import importlib
-import importlib.util
 import os
 
 import pytest
 
-from tool_runner import REPO, one_sentence_exit_2
+from tool_runner import REPO, one_sentence_exit_2, script_main
 
 SCRIPT = os.path.join(REPO, "benchmarks", "sparse_sn_step.py")
 
 
 def _main():
-    spec = importlib.util.spec_from_file_location("sparse_sn_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return script_main(SCRIPT)
 
 
 def test_times_sn_and_both_sparse_sn_implementations(capsys):

@@ -2,12 +2,11 @@
 GroupNorm and (A/B) another copy of switch_norm_triton.py. Runs in this process at a toy
 size; timings are not checked (a test cannot time reliably on a shared CPU)."""
 
-import importlib.util
 import os
 
 import pytest
 
-from tool_runner import REPO, one_sentence_exit_2
+from tool_runner import REPO, one_sentence_exit_2, script_main
 
 pytest.importorskip("triton")
 SCRIPT = os.path.join(REPO, "benchmarks", "triton_host_time.py")
@@ -15,10 +14,7 @@ CURRENT = os.path.join(REPO, "sn_det", "layers", "switch_norm_triton.py")
 
 
 def _main():
-    spec = importlib.util.spec_from_file_location("triton_host_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return script_main(SCRIPT)
 
 
 def test_times_both_copies_and_the_baseline(capsys):

@@ -87,3 +87,14 @@ def call_main(main, argv):
         except SystemExit as e:
             code = e.code
     return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
+def script_main(path):
+    """The ``main`` function of the script at ``path``, loaded as a module (to run it in this
+    process: a tool start costs seconds on these CPUs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
