@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tool_runner import TOOLS, one_sentence_exit_2, run_tool
+from tool_runner import TOOLS, markdown_table, one_sentence_exit_2, run_tool
 
 BENCH = os.path.join(TOOLS, "benchmark_sn.py")
 # A small R50-FPN configuration: ResNet-18 trunk, few proposals and sampled ROIs.
@@ -17,19 +17,6 @@ SMALL_R50 = [
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "32",
 ]  # fmt: skip
-
-
-def _table(text, first_cell):
-    """The rows (lists of cells, ** stripped) of the markdown table whose header starts with
-    ``first_cell``."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_cell} |"))
-    rows = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip().strip("*") for c in line.strip("|").split("|")])
-    return lines[start], rows
 
 
 def test_layers_compiled_sn_and_the_r50_step_on_toy_sizes(tmp_path):
@@ -48,7 +35,7 @@ def test_layers_compiled_sn_and_the_r50_step_on_toy_sizes(tmp_path):
     text = out.read_text()
     assert text in proc.stdout and not os.path.exists(str(out) + ".tmp")
 
-    header, rows = _table(text, "shape (N,C,H,W)")
+    header, rows = markdown_table(text, "shape (N,C,H,W)")
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert "compiled SN ms" in columns and "compiled/GN" in columns
     assert [r[0] for r in rows] == ["(2, 32, 6, 6)", "(3, 64, 5, 4)"]
@@ -64,7 +51,7 @@ def test_layers_compiled_sn_and_the_r50_step_on_toy_sizes(tmp_path):
         assert cells["SN saved/input"] == f"{1 + state / (n * c * h * w):.2f}", cells
         assert float(cells["textbook saved/input"]) > 2.5, cells
 
-    _, r50 = _table(text, "norm")
+    _, r50 = markdown_table(text, "norm")
     assert [r[0] for r in r50] == ["FrozenBN", "BN", "GN", "SN"]
     by_norm = {r[0]: r for r in r50}
     assert by_norm["GN"][2] == "1.00" and by_norm["FrozenBN"][3] == "1.00"
@@ -82,7 +69,7 @@ def test_layers_compiled_sn_and_the_r50_step_on_toy_sizes(tmp_path):
 
 def _fixed_rows(text):
     """The rows of the fixed-cost table (the one after its "Fixed cost" caption)."""
-    return _table(text[text.index("Fixed cost per layer step") :], "norm")[1]
+    return markdown_table(text[text.index("Fixed cost per layer step") :], "norm")[1]
 
 
 @pytest.mark.parametrize(

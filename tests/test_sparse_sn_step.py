@@ -6,26 +6,21 @@ import os
 
 import pytest
 
-from tool_runner import REPO, one_sentence_exit_2, script_main
+from tool_runner import REPO, call_main, markdown_table, one_sentence_exit_2, script_main
 
 SCRIPT = os.path.join(REPO, "benchmarks", "sparse_sn_step.py")
 
 
-def _main():
-    return script_main(SCRIPT)
-
-
-def test_times_sn_and_both_sparse_sn_implementations(capsys):
+def test_times_sn_and_both_sparse_sn_implementations():
     import torch
 
     impl = importlib.import_module("sn_det.projects.sparse_sn.sparsestmax")
 
     threads = torch.get_num_threads()
-    _main()(["--shape", "2x8x3x3", "--rounds", "3", "--steps", "2"])
+    proc = call_main(script_main(SCRIPT), ["--shape", "2x8x3x3", "--rounds", "3", "--steps", "2"])
     assert torch.get_num_threads() == threads and impl.HOST_ON_CPU  # both restored
-    lines = capsys.readouterr().out.splitlines()
-    rows = [line.strip("|").split("|") for line in lines if line.startswith("| ")][1:]
-    assert [r[0].strip() for r in rows] == [
+    _, rows = markdown_table(proc.stdout, "layer step")
+    assert [r[0] for r in rows] == [
         "SN",
         "Sparse SN, sparsestmax on the host",
         "Sparse SN, sparsestmax in torch ops",
@@ -37,8 +32,6 @@ def test_times_sn_and_both_sparse_sn_implementations(capsys):
     "args,expected",
     [(["--shape", "2x8x3"], "give NxCxHxW"), (["--rounds", "1"], "at least 3")],
 )
-def test_bad_input_is_one_sentence(capsys, args, expected):
-    with pytest.raises(SystemExit) as e:
-        _main()(args)
-    captured = capsys.readouterr()
-    one_sentence_exit_2(e.value.code, captured.out + captured.err, expected)
+def test_bad_input_is_one_sentence(args, expected):
+    proc = call_main(script_main(SCRIPT), args)
+    one_sentence_exit_2(proc.returncode, proc.stdout + proc.stderr, expected)

@@ -6,32 +6,28 @@ import os
 
 import pytest
 
-from tool_runner import REPO, one_sentence_exit_2, script_main
+from tool_runner import REPO, call_main, markdown_table, one_sentence_exit_2, script_main
 
 pytest.importorskip("triton")
 SCRIPT = os.path.join(REPO, "benchmarks", "triton_host_time.py")
 CURRENT = os.path.join(REPO, "sn_det", "layers", "switch_norm_triton.py")
 
 
-def _main():
-    return script_main(SCRIPT)
-
-
-def test_times_both_copies_and_the_baseline(capsys):
+def test_times_both_copies_and_the_baseline():
     import torch
 
     threads = torch.get_num_threads()
-    _main()(["--shape", "2x32x4x4", "--rounds", "3", "--steps", "2", "--against", CURRENT])
+    argv = ["--shape", "2x32x4x4", "--rounds", "3", "--steps", "2", "--against", CURRENT]
+    proc = call_main(script_main(SCRIPT), argv)
     assert torch.get_num_threads() == threads  # restored for the rest of this process
-    lines = capsys.readouterr().out.splitlines()
-    rows = [line.strip("|").split("|") for line in lines if line.startswith("| ")][1:]
-    assert [r[0].strip() for r in rows] == [
+    _, rows = markdown_table(proc.stdout, "step")
+    assert [r[0] for r in rows] == [
         "SN (this checkout), kernels stubbed",
         "SN (--against), kernels stubbed",
         "GroupNorm(32), whole step",
     ]
     assert all(float(r[1]) > 0 for r in rows) and float(rows[2][2]) == 1.0
-    assert lines[-1].startswith("this checkout / --against: ")
+    assert proc.stdout.splitlines()[-1].startswith("this checkout / --against: ")
 
 
 @pytest.mark.parametrize(
@@ -46,8 +42,8 @@ def test_times_both_copies_and_the_baseline(capsys):
         (["--device", "meta"], "runs on cpu or cuda"),
     ],
 )
-def test_bad_input_is_one_sentence(capsys, args, expected):
-    with pytest.raises(SystemExit) as e:
-        _main()([*args, "--rounds", "3"] if "--rounds" not in args else args)
-    captured = capsys.readouterr()
-    one_sentence_exit_2(e.value.code, captured.out + captured.err, expected)
+def test_bad_input_is_one_sentence(args, expected):
+    proc = call_main(
+        script_main(SCRIPT), [*args, "--rounds", "3"] if "--rounds" not in args else args
+    )
+    one_sentence_exit_2(proc.returncode, proc.stdout + proc.stderr, expected)

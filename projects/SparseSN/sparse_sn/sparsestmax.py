@@ -52,15 +52,6 @@ def sparsemax(z: Tensor) -> Tensor:
 # run both).
 HOST_ON_CPU = True
 
-if hasattr(torch.compiler, "is_compiling"):
-    _is_compiling = torch.compiler.is_compiling
-else:  # torch < 2.3
-
-    def _is_compiling() -> bool:
-        import torch._dynamo
-
-        return torch._dynamo.is_compiling()
-
 
 def sparsestmax(z: Tensor, radius) -> Tensor:
     """sparsemax(z) constrained to lie at least ``radius`` from the simplex centre.
@@ -86,7 +77,7 @@ def _plain_eager() -> bool:
     result as a constant), not compiled, not inside a torch.func transform (vmap, grad)."""
     return not (
         torch.jit.is_tracing()
-        or _is_compiling()
+        or torch.compiler.is_compiling()
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._are_functorch_transforms_active()
     )
@@ -141,12 +132,11 @@ def _host_sparsemax(z):
     (clamp's rule)."""
     k = len(z)
     desc = sorted(z, reverse=True)
-    cumsum, size = 0.0, 0
+    cumsum, size, tau = 0.0, 0, 0.0
     for j, v in enumerate(desc, 1):
         cumsum += v
         if v - (cumsum - 1) / j > 0:
-            size = j
-    tau = (sum(desc[:size]) - 1) / size
+            size, tau = j, (cumsum - 1) / j
     # The support as indices: the `size` largest entries (their order among equals does not
     # change tau, and a tied entry just outside the prefix is at z_i - tau == 0 anyway).
     order = sorted(range(k), key=lambda i: -z[i])
